@@ -1,0 +1,3 @@
+from ratbond.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The lab: network namespaces and emulated WAN links on one Linux machine."""
