@@ -1,0 +1,1 @@
+"""The I/O shell: one asyncio loop per process wiring file descriptors to the sans-I/O core."""

@@ -1,0 +1,73 @@
+"""Pieces both shells share: building the cores' configs, counters, status rows."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from ratbond.bond import BondConfig
+from ratbond.config import KCP_MTU, CommonSettings, HostPort
+from ratbond.crypto import ChannelConfig, Secret
+
+# Datagrams or packets handled per fd callback before yielding to the loop: big enough to
+# amortise the loop's overhead, small enough that one busy fd cannot starve the others.
+BATCH = 256
+
+
+@dataclass
+class Counters:
+    """Shell-level counters (the cores count their own drops)."""
+
+    tun_rx_packets: int = 0
+    tun_rx_dropped: int = 0
+    tun_tx_packets: int = 0
+    tun_tx_errors: int = 0
+    tx_socket_full: int = 0
+    tx_no_socket: int = 0
+    rx_datagrams: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def channel_config(settings: CommonSettings) -> ChannelConfig:
+    """The secure channel's mode from ``--aes``/``--secret`` (stretches the secret once)."""
+    secret = Secret(settings.secret) if settings.secret is not None else None
+    return ChannelConfig.from_options(aes=settings.aes, secret=secret, cipher=settings.cipher)
+
+
+def bond_config(settings: CommonSettings) -> BondConfig:
+    return BondConfig(
+        balance=settings.balance,
+        hello_interval=settings.hello_interval,
+        dead_after=settings.dead_after,
+        kcp_engine=settings.kcp_engine,
+        kcp_mtu=KCP_MTU,
+        snd_wnd=settings.kcp_window,
+        rcv_wnd=settings.kcp_window,
+    )
+
+
+def resolve_server(target: HostPort, family: int) -> tuple[str, int] | None:
+    """The server's address in the WAN's address family, or None if it has none."""
+    try:
+        infos = socket.getaddrinfo(target.host, target.port, family, socket.SOCK_DGRAM)
+    except OSError:
+        return None
+    for _family, _type, _proto, _name, sockaddr in infos:
+        return (str(sockaddr[0]), int(sockaddr[1]))
+    return None
+
+
+def path_rows(snapshot: Any, now: float) -> list[dict[str, object]]:
+    """Per-path rows for the status page from a bond snapshot (or none)."""
+    if snapshot is None:
+        return []
+    rows = []
+    for path_id, path in sorted(snapshot.paths.items()):
+        row: dict[str, object] = {"path_id": path_id}
+        row.update(dataclasses.asdict(path))
+        rows.append(row)
+    return rows
