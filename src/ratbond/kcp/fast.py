@@ -8,16 +8,16 @@ from __future__ import annotations
 import siokcp
 
 from ratbond.kcp import Output
-
-_IKCP_OVERHEAD = 24
+from ratbond.kcp.core import validate_datagram
 
 
 class FastKCP:
     """Thin adapter: ikcp's names and return codes, Python types."""
 
-    __slots__ = ("_kcp", "_output")
+    __slots__ = ("_conv", "_kcp", "_output")
 
     def __init__(self, conv: int, output: Output) -> None:
+        self._conv = conv
         self._output = output
         # siokcp expects the callback to return an int; ours may return anything.
         self._kcp = siokcp.KCPConnection(conv, self._emit, _ignore_log)
@@ -66,7 +66,8 @@ class FastKCP:
 
     @property
     def retransmits(self) -> int:
-        # ikcp counts every transmission in ``xmit`` only for timeouts and fast resends.
+        # ikcp's ``xmit`` counts timeout retransmissions only (fast resends are not
+        # counted), so this undercounts next to the Python engine's figure.
         return int(self._kcp.xmit)
 
     def send(self, data: bytes) -> int:
@@ -78,8 +79,10 @@ class FastKCP:
             return -2
 
     def input(self, data: bytes) -> int:
-        if len(data) < _IKCP_OVERHEAD:
-            return -1
+        # ikcp applies segments one by one and may stop half-way: refuse bad datagrams whole.
+        code = validate_datagram(data, self._conv)
+        if code:
+            return code
         return int(self._kcp.receive_data(data))
 
     def recv(self) -> bytes | None:
