@@ -1,0 +1,28 @@
+"""DefaultRouteManager against a real kernel: idempotent add and remove, no clobbering."""
+
+from __future__ import annotations
+
+import pytest
+
+from ratbond.lab.netns import namespace_group
+from tests.e2e.linux_child import run_in
+
+pytestmark = pytest.mark.root
+
+
+def test_default_route_add_remove_idempotent() -> None:
+    with namespace_group() as group:
+        ns = group.add("rt")
+        # A veth stands in for the TUN (no dummy module here): a device and a gateway suffice.
+        ns.run("ip", "link", "add", "tunx", "type", "veth", "peer", "name", "tunxp")
+        ns.run("ip", "link", "set", "tunxp", "up")
+        ns.run("ip", "addr", "add", "10.10.10.2/30", "dev", "tunx")
+        ns.run("ip", "link", "set", "tunx", "up")
+        steps = run_in(ns, "route_manager", "tunx", "10.10.10.1", "254")
+    for step in ("add1", "add2"):
+        assert [(r["dst"], r["gateway"], r["dev"]) for r in steps[step]] == [
+            ("default", "10.10.10.1", "tunx")]
+    assert steps["del1"] == []
+    assert steps["del2"] == []
+    assert steps["conflict"] is not None and "not replacing" in steps["conflict"]
+    assert [r["dev"] for r in steps["after_conflict"]] == ["lo"]
