@@ -1,0 +1,362 @@
+"""The client side of the secure channel (sans-I/O: no socket, no clock).
+
+The client initiates every handshake -- at :meth:`ClientChannel.connect`, on retry, and to
+rekey -- and the shell sends the current initiation on every live path
+(:meth:`~ClientChannel.initiation_for_path`) whenever :class:`HandshakeInitiated` is queued.
+After a rekey the client seals with the new keys at once and keeps accepting the old ones
+until the server has proven it switched (its first datagram under the new keys) plus a
+grace period, so nothing in flight is lost.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable
+
+from ratbond.crypto.config import DEFAULT_LIMITS, ChannelConfig, Limits
+from ratbond.crypto.errors import NotConnectedError
+from ratbond.crypto.events import (
+    ChannelEvent,
+    DropCounters,
+    HandshakeCompleted,
+    HandshakeFailed,
+    HandshakeInitiated,
+    KeysRotated,
+    SessionExpired,
+)
+from ratbond.crypto.handshake import InitiatorHandshake, TrafficSecrets
+from ratbond.crypto.kdf import mac_key
+from ratbond.crypto.messages import (
+    body_of,
+    describe_mode,
+    handshake_datagram,
+    prefix,
+    prologue,
+    verify_mac,
+)
+from ratbond.crypto.transport import KeySet
+from ratbond.wire import (
+    HEADER,
+    HEADER_SIZE,
+    INIT_PAYLOAD,
+    PLAIN_RESP_PAYLOAD,
+    PREFIX_SIZE,
+    RESP_PAYLOAD,
+    VERSION,
+    DropReason,
+    MsgType,
+    handshake_size,
+    parse_prefix,
+    parse_reject,
+)
+
+_unpack_header = HEADER.unpack_from
+_DATA = int(MsgType.DATA)
+_RESPONSE = int(MsgType.HANDSHAKE_RESPONSE)
+_REJECT = int(MsgType.REJECT)
+_U64 = 2**64
+
+
+class _Attempt:
+    """One initiation in flight: the body common to all paths and the per-path datagrams."""
+
+    __slots__ = ("body", "datagrams", "handshake", "timestamp")
+
+    def __init__(self, body: bytes, handshake: InitiatorHandshake | None, timestamp: int) -> None:
+        self.body = body
+        self.handshake = handshake
+        self.timestamp = timestamp
+        self.datagrams: dict[int, bytes] = {}
+
+
+class ClientChannel:
+    """One per client process: one logical session to the server, any number of paths."""
+
+    def __init__(
+        self,
+        config: ChannelConfig,
+        *,
+        random: Callable[[int], bytes] = os.urandom,
+        limits: Limits = DEFAULT_LIMITS,
+        client_id: bytes | None = None,
+    ) -> None:
+        """``client_id`` (8 bytes) names this client to the server; pass a stable one (e.g.
+        derived from the host and tunnel id) so that a restarted client replaces its old
+        session at once instead of leaving it to expire.  Default: random per instance."""
+        if client_id is not None and len(client_id) != 8:
+            raise ValueError("client_id must be 8 bytes")
+        self.config = config
+        self.limits = limits
+        self.stats = DropCounters()
+        self._random = random
+        self._mode = config.mode_code
+        self._cipher = config.cipher_code
+        self._prefix = prefix(self._mode, self._cipher)
+        self._prologue = prologue(self._mode, self._cipher)
+        self._mac_key = mac_key(config.psk) if config.psk is not None else None
+        self._client_id = client_id if client_id is not None else random(8)
+        self._events: deque[ChannelEvent] = deque()
+        self._current: KeySet | None = None
+        self._previous: KeySet | None = None
+        self._session: int | None = None  # logical session id, stable across rekeys
+        self._attempt: _Attempt | None = None
+        self._attempts = 0  # initiations sent without an answer since the last success
+        self._retry_at: float | None = None
+        self._retry_interval = limits.handshake_retry
+        self._rekey_due_at: float | None = None
+        self._last_timestamp = 0
+        self._last_failure_event = float("-inf")
+        self._active = False
+
+    def __repr__(self) -> str:
+        return f"ClientChannel(mode={self.config.mode.name}, session={self._session})"
+
+    # -- handshake -----------------------------------------------------------------------
+
+    def connect(self, now: float, wall_clock: float) -> None:
+        """Start (or restart) a handshake; the channel keeps itself connected from now on."""
+        self._active = True
+        self._attempts = 0
+        self._retry_interval = self.limits.handshake_retry
+        self._initiate(now, wall_clock)
+
+    def initiation_for_path(self, path_id: int) -> bytes | None:
+        """The pending initiation stamped for ``path_id``, or ``None`` if none is pending."""
+        attempt = self._attempt
+        if attempt is None:
+            return None
+        datagram = attempt.datagrams.get(path_id)
+        if datagram is None:
+            datagram = handshake_datagram(
+                MsgType.HANDSHAKE_INIT, path_id, 0, attempt.body, self._mac_key
+            )
+            attempt.datagrams[path_id] = datagram
+        return datagram
+
+    def _initiate(self, now: float, wall_clock: float) -> None:
+        # Strictly increasing even if the wall clock stalls or steps back: the server refuses
+        # any initiation not newer than the last one it accepted from us.
+        timestamp = max(int(wall_clock * 1e9), self._last_timestamp + 1) % _U64
+        self._last_timestamp = timestamp
+        payload = INIT_PAYLOAD.pack(timestamp, self._client_id, self._session or 0)
+        if self.config.psk is not None:
+            handshake = InitiatorHandshake(
+                self.config.psk, self._prologue, payload, self._random(32)
+            )
+            self._attempt = _Attempt(self._prefix + handshake.body, handshake, timestamp)
+        else:
+            self._attempt = _Attempt(self._prefix + payload, None, timestamp)
+        self._retry_at = now + self._retry_interval
+        self._rekey_due_at = None
+        self._events.append(
+            HandshakeInitiated(attempt=self._attempts + 1, rekey=self._current is not None)
+        )
+
+    def _on_response(self, data: bytes, session: int, counter: int, now: float) -> None:
+        attempt = self._attempt
+        if attempt is None:
+            current = self._current
+            if current is None or current.session != session:
+                self.stats.handshake_unexpected += 1
+            # else: another path's copy of the answer just used -- normal with several paths
+            return
+        head = parse_prefix(data)
+        if isinstance(head, DropReason):
+            self.stats.count(head)
+            return
+        if head.mode != self._mode or head.cipher != self._cipher:
+            self.stats.mode_mismatch += 1
+            return
+        if len(data) != handshake_size(MsgType.HANDSHAKE_RESPONSE, self._mode) or counter != 0:
+            self.stats.malformed += 1
+            return
+        if session == 0:
+            self.stats.malformed += 1
+            return
+        secrets: TrafficSecrets | None = None
+        if attempt.handshake is not None:
+            assert self._mac_key is not None
+            if not verify_mac(self._mac_key, data):
+                self.stats.handshake_auth_failed += 1
+                return
+            result = attempt.handshake.read_response(
+                session, body_of(data, True)[PREFIX_SIZE:]
+            )
+            if result is None:
+                self.stats.handshake_auth_failed += 1
+                return
+            payload, secrets = result
+            (logical,) = RESP_PAYLOAD.unpack(payload)
+        else:
+            plain = body_of(data, False)[PREFIX_SIZE:]
+            logical, client_id, timestamp = PLAIN_RESP_PAYLOAD.unpack(plain)
+            if client_id != self._client_id or timestamp != attempt.timestamp:
+                self.stats.handshake_unexpected += 1
+                return
+        if logical == 0:
+            self.stats.malformed += 1
+            return
+        self._install(session, logical, secrets, now)
+
+    def _install(self, session: int, logical: int, secrets: TrafficSecrets | None,
+                 now: float) -> None:
+        keys = KeySet(
+            session=session,
+            logical=logical,
+            secrets=secrets,
+            initiator=True,
+            mode=self.config.mode,
+            cipher=self.config.cipher,
+            created=now,
+            limits=self.limits,
+        )
+        if self._current is not None and self._session == logical:
+            self._previous = self._current  # still accepted until the server switches too
+            self._current = keys
+            self._events.append(KeysRotated(logical))
+        else:
+            self._previous = None
+            self._current = keys
+            self._session = logical
+            self._events.append(HandshakeCompleted(logical))
+        self._attempt = None
+        self._attempts = 0
+        self._retry_at = None
+        self._retry_interval = self.limits.handshake_retry
+
+    def _on_reject(self, data: bytes, now: float) -> None:
+        if self._attempt is None:
+            self.stats.handshake_unexpected += 1
+            return
+        reject = parse_reject(data)
+        if isinstance(reject, DropReason):
+            self.stats.count(reject)
+            return
+        self.stats.mode_mismatch += 1
+        # Unauthenticated, so it only informs; the retries go on in case it was forged.
+        theirs = describe_mode(reject.mode, reject.cipher)
+        ours = describe_mode(self._mode, self._cipher)
+        self._fail(now, f"the server refused the handshake: it runs {theirs}, this client "
+                        f"{ours} (check --aes and --secret on both ends)")
+
+    def _fail(self, now: float, reason: str) -> None:
+        if now - self._last_failure_event >= self.limits.failure_event_interval:
+            self._last_failure_event = now
+            self._events.append(HandshakeFailed(reason))
+
+    # -- datagrams -----------------------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, now: float) -> tuple[int, bytes] | None:
+        """DATA from the server -> ``(path_id, payload)``; handshake answers are consumed
+        (see :meth:`next_event`); anything else is counted in :attr:`stats` and gives None."""
+        if len(data) < HEADER_SIZE:
+            self.stats.malformed += 1
+            return None
+        version, msg_type, path_id, session, counter = _unpack_header(data)
+        if version != VERSION:
+            self.stats.bad_version += 1
+            return None
+        if msg_type == _DATA:
+            keys = self._current
+            if keys is None or keys.session != session:
+                keys = self._previous
+                if keys is None or keys.session != session:
+                    self.stats.unknown_session += 1
+                    return None
+            if now >= keys.expires or now >= keys.retired_until:  # keys.usable(now), inlined
+                self.stats.key_expired += 1
+                return None
+            payload = keys.open(data, path_id, counter)
+            if type(payload) is bytes:
+                if not keys.confirmed:
+                    keys.confirmed = True
+                    if keys is self._current and self._previous is not None:
+                        self._previous.retire(now, self.limits.key_grace)  # the server switched
+                return path_id, payload
+            assert isinstance(payload, DropReason)
+            self.stats.count(payload)
+            return None
+        if msg_type == _RESPONSE:
+            self._on_response(data, session, counter, now)
+        elif msg_type == _REJECT:
+            self._on_reject(data, now)
+        elif msg_type == MsgType.HANDSHAKE_INIT:
+            self.stats.unexpected_type += 1
+        else:
+            self.stats.unknown_type += 1
+        return None
+
+    def seal(self, path_id: int, payload: bytes, now: float) -> bytes:
+        """A DATA datagram carrying ``payload`` on ``path_id``; raises
+        :class:`NotConnectedError` while there are no usable keys."""
+        keys = self._current
+        if keys is None:
+            raise NotConnectedError("no session keys yet: the handshake has not completed")
+        if now >= keys.expires:
+            raise NotConnectedError("the session keys expired; a new handshake is under way")
+        datagram = keys.seal(path_id, payload)
+        if keys.wants_rekey and self._attempt is None and self._rekey_due_at is None:
+            self._rekey_due_at = now
+        return datagram
+
+    @property
+    def established(self) -> bool:
+        return self._current is not None
+
+    @property
+    def session(self) -> int | None:
+        """The logical session id (stable across rekeys), once a handshake completed."""
+        return self._session
+
+    def next_event(self) -> ChannelEvent | None:
+        return self._events.popleft() if self._events else None
+
+    # -- timers --------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        limits = self.limits
+        deadlines: list[float] = []
+        if self._attempt is not None and self._retry_at is not None:
+            deadlines.append(self._retry_at)
+        if self._rekey_due_at is not None:
+            deadlines.append(self._rekey_due_at)
+        current = self._current
+        if current is not None:
+            if self._attempt is None and self._active:
+                deadlines.append(current.created + limits.rekey_after_time)
+            deadlines.append(current.expires)
+        previous = self._previous
+        if previous is not None:
+            deadlines.append(previous.expires)
+            deadlines.append(previous.retired_until)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float, wall_clock: float) -> None:
+        """Retry or rekey handshakes and let keys expire, as :meth:`get_timer` announced."""
+        limits = self.limits
+        previous = self._previous
+        if previous is not None and not previous.usable(now):
+            self._previous = None
+        current = self._current
+        if current is not None and now >= current.expires:
+            self._current = None
+            assert self._session is not None
+            self._events.append(SessionExpired(self._session))
+        if not self._active:
+            return
+        if self._attempt is not None:
+            if self._retry_at is not None and now >= self._retry_at:
+                self._attempts += 1
+                if self._attempts >= 3:
+                    self._fail(now, f"no handshake response after {self._attempts} attempts "
+                                    "(server down or unreachable, or a different --secret?)")
+                self._retry_interval = min(self._retry_interval * 2, limits.handshake_retry_max)
+                self._initiate(now, wall_clock)
+        elif (
+            self._current is None
+            or self._rekey_due_at is not None
+            or now >= self._current.created + limits.rekey_after_time
+        ):
+            self._initiate(now, wall_clock)
+

@@ -1,0 +1,112 @@
+"""The pre-shared secret: loading it from its sources and stretching it once at start.
+
+The secret may come from ``--secret``, ``--secret-file`` or the ``RATBOND_SECRET``
+environment variable, so it need not sit on a command line visible in ``ps``.  It is held in
+a :class:`Secret` whose ``repr``/``str`` are redacted, so it cannot leak into logs, status
+output or exception messages by accident.
+
+Stretching: a passphrase is turned into the 32-byte PSK with scrypt (n=2**16, r=8, p=1:
+~0.24 s and 64 MiB once at start on the 2-core test machine), so every offline guess against
+captured handshakes costs the attacker the same.  The salt is fixed, versioned and public:
+both ends must derive the same PSK before they have exchanged a byte, so there is nothing
+per-peer to salt with, and a salt unique to ratbond (plus the version, so the parameters can
+change later) already prevents reuse of tables built for other systems.  A per-deployment
+salt would only help against an attacker attacking many ratbond deployments at once, at the
+cost of a second value to configure; a strong secret (``openssl rand -base64 32``) makes the
+question moot.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Mapping
+from typing import NoReturn
+
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from ratbond.crypto.errors import SecretError
+
+ENV_VAR = "RATBOND_SECRET"
+PSK_SIZE = 32
+
+SCRYPT_SALT = b"ratbond psk v1"
+SCRYPT_N = 2**16
+SCRYPT_R = 8
+SCRYPT_P = 1
+
+
+class Secret:
+    """A secret value that never shows itself in ``repr``, ``str``, pickles or comparisons."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        if not isinstance(value, bytes):
+            raise TypeError("Secret takes bytes")
+        if not value:
+            raise SecretError("the secret is empty")
+        self._value = value
+
+    def reveal(self) -> bytes:
+        """The raw bytes; call only where they are consumed (the key stretch)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret(<redacted>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value, other._value)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> NoReturn:
+        raise TypeError("a Secret cannot be pickled")
+
+
+def load_secret(
+    secret: str | None, secret_file: str | None, env: Mapping[str, str]
+) -> Secret | None:
+    """The secret from ``--secret``, else ``--secret-file``, else ``RATBOND_SECRET``; ``None``
+    when none is given.  Giving both flags is an error; an unreadable or empty source raises
+    :class:`SecretError` naming the source (never the value)."""
+    if secret is not None and secret_file is not None:
+        raise SecretError("give either --secret or --secret-file, not both")
+    if secret is not None:
+        return _from_text(secret, "--secret")
+    if secret_file is not None:
+        return _from_file(secret_file)
+    value = env.get(ENV_VAR)
+    if value is not None:
+        return _from_text(value, f"environment variable {ENV_VAR}")
+    return None
+
+
+def _from_text(text: str, source: str) -> Secret:
+    if not text.strip():
+        raise SecretError(f"the secret given by {source} is empty")
+    return Secret(text.encode("utf-8"))
+
+
+def _from_file(path: str) -> Secret:
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(64 * 1024 + 1)
+    except OSError as exc:
+        raise SecretError(f"cannot read --secret-file {path!r}: {exc.strerror or exc}") from None
+    if len(data) > 64 * 1024:
+        raise SecretError(f"--secret-file {path!r} is larger than 64 KiB; is it the right file?")
+    # A trailing newline is an editor's, not part of the secret; anything else is kept.
+    data = data.rstrip(b"\r\n")
+    if not data.strip():
+        raise SecretError(f"--secret-file {path!r} is empty")
+    return Secret(data)
+
+
+def stretch(secret: Secret) -> bytes:
+    """The 32-byte PSK derived from ``secret`` (slow on purpose: call once at start)."""
+    kdf = Scrypt(salt=SCRYPT_SALT, length=PSK_SIZE, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
+    return kdf.derive(secret.reveal())
