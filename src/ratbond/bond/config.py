@@ -1,0 +1,96 @@
+"""Settings of one bond (per client session), validated when built."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+Balance = Literal["consistent", "roundrobin"]
+EngineChoice = Literal["auto", "python", "c"]
+
+
+@dataclass(frozen=True)
+class BondConfig:
+    """How a :class:`~ratbond.bond.Bond` schedules, probes and tunes its paths.
+
+    ``dead_after`` is the original's 10 s; issue 6 discusses a faster default once
+    measurements show it is safe (the HELLO RTT gives the needed margin).
+    Backpressure bounds each path's KCP send queue (``waitsnd``: in flight plus waiting)
+    twice over.  ``send_queue_limit`` is the hard cap in segments; None means two send
+    windows (one in flight, one waiting), so the link never runs dry between acks.
+    ``send_queue_delay`` turns the cap into a time: the path's measured delivery rate
+    times (srtt + this delay), so a packet queues about that long at most and a slow
+    link fills up (and is skipped, or pushes back on its flows) instead of building
+    seconds of queue.  None keeps the fixed cap only.
+    """
+
+    balance: Balance = "consistent"
+    hello_interval: float = 2.0
+    dead_after: float = 10.0
+    kcp_engine: EngineChoice = "auto"
+    kcp_mtu: int = 1400
+    kcp_interval_ms: int = 10
+    snd_wnd: int = 1024
+    rcv_wnd: int = 1024
+    reorder_timeout: float | None = None  # None = adaptive from the paths' RTTs
+    kcp_dead_link: int = 20
+    send_queue_limit: int | None = None
+    send_queue_delay: float | None = 0.2
+    reorder_max_packets: int = 8192
+    reorder_max_bytes: int = 8 << 20
+
+    def __post_init__(self) -> None:
+        _choice("balance", self.balance, ("consistent", "roundrobin"))
+        _choice("kcp_engine", self.kcp_engine, ("auto", "python", "c"))
+        _seconds("hello_interval", self.hello_interval, "a number of seconds > 0")
+        _seconds("dead_after", self.dead_after, "a number of seconds > 0")
+        if self.dead_after <= self.hello_interval:
+            raise ValueError(
+                f"BondConfig.dead_after={self.dead_after!r}: must be greater than "
+                f"hello_interval ({self.hello_interval!r}) or idle paths die between HELLOs"
+            )
+        _integer("kcp_mtu", self.kcp_mtu, 128, 65535)
+        _integer("kcp_interval_ms", self.kcp_interval_ms, 1, 5000)
+        _integer("snd_wnd", self.snd_wnd, 1, 65535)
+        _integer("rcv_wnd", self.rcv_wnd, 1, 65535)
+        _integer("kcp_dead_link", self.kcp_dead_link, 1, 1000)
+        _integer("reorder_max_packets", self.reorder_max_packets, 1, 1 << 20)
+        _integer("reorder_max_bytes", self.reorder_max_bytes, 1, 1 << 31)
+        if self.send_queue_limit is not None:
+            _integer("send_queue_limit", self.send_queue_limit, 1, 1 << 20)
+        if self.send_queue_delay is not None:
+            _seconds("send_queue_delay", self.send_queue_delay, "None or seconds in (0, 10]")
+            if self.send_queue_delay > 10.0:
+                _fail("send_queue_delay", self.send_queue_delay, "None or seconds in (0, 10]")
+        if self.reorder_timeout is not None:
+            value = self.reorder_timeout
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                _fail("reorder_timeout", value, "None (adaptive) or seconds in [0, 60]")
+            if not 0.0 <= value <= 60.0:
+                _fail("reorder_timeout", value, "None (adaptive) or seconds in [0, 60]")
+
+    @property
+    def queue_limit(self) -> int:
+        """Hard per-path send queue cap in KCP segments (see the class docstring)."""
+        return self.send_queue_limit if self.send_queue_limit is not None else 2 * self.snd_wnd
+
+
+def _fail(name: str, value: object, allowed: str) -> None:
+    raise ValueError(f"BondConfig.{name}={value!r}: must be {allowed}")
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        _fail(name, value, "one of " + ", ".join(allowed))
+
+
+def _seconds(name: str, value: object, allowed: str) -> None:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (number and value > 0 and math.isfinite(value)):  # type: ignore[operator,arg-type]
+        _fail(name, value, allowed)
+
+
+def _integer(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        _fail(name, value, f"an integer in [{low}, {high}]")
