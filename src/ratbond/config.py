@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from ratbond.crypto import Secret, SecretError, load_secret
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on 3.10 only
@@ -62,7 +64,7 @@ class CommonSettings:
     tunnel_ip: ipaddress.IPv4Network = _DEFAULT_NET
     tunnel_ip6: ipaddress.IPv6Network | None = _DEFAULT_NET6
     aes: bool = False
-    secret: str | None = field(default=None, repr=False)
+    secret: Secret | None = field(default=None, repr=False)
     cipher: Cipher = "chacha20-poly1305"
     balance: Balance = "consistent"
     http_listen: HostPort | None = None
@@ -240,27 +242,6 @@ def load_toml(path: str) -> dict[str, Any]:
     return {key.replace("_", "-"): value for key, value in data.items()}
 
 
-def load_secret(options: Mapping[str, Any], env: Mapping[str, str]) -> str | None:
-    """The secret from ``--secret``, ``--secret-file`` or ``RATBOND_SECRET`` (in that order)."""
-    secret = options.get("secret")
-    secret_file = options.get("secret-file")
-    if secret is not None and secret_file is not None:
-        raise ConfigError("--secret and --secret-file: give only one of them")
-    if secret_file is not None:
-        try:
-            secret = Path(str(secret_file)).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"--secret-file: cannot read {secret_file!r}: "
-                              f"{exc.strerror}") from None
-        if not secret:
-            raise ConfigError(f"--secret-file: {secret_file!r} is empty")
-    if secret is None:
-        secret = env.get("RATBOND_SECRET") or None
-    if secret is not None and not str(secret):
-        raise ConfigError("--secret: the secret is empty")
-    return None if secret is None else str(secret)
-
-
 _COMMON_KEYS = {
     "config", "tunnel-id", "tunnel-ip", "tunnel-ip6", "aes", "secret", "secret-file", "cipher",
     "balance", "http-listen-addr", "debug", "trace", "nosyslog", "hello-interval", "dead-after",
@@ -280,7 +261,11 @@ def _common(options: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any
     if "tunnel-ip6" in options:
         out["tunnel_ip6"] = _tunnel_network6("--tunnel-ip6", options["tunnel-ip6"])
     aes = bool(options.get("aes", False))
-    secret = load_secret(options, env)
+    try:
+        secret = load_secret(_optional_str(options.get("secret")),
+                             _optional_str(options.get("secret-file")), env)
+    except SecretError as exc:
+        raise ConfigError(str(exc)) from None
     if aes and secret is None:
         raise ConfigError("--aes needs a secret: give --secret, --secret-file or RATBOND_SECRET "
                           "(the Go original silently used a public default secret)")
@@ -314,6 +299,10 @@ def _common(options: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any
     if "kcp-window" in options:
         out["kcp_window"] = _int_in("--kcp-window", options["kcp-window"], 32, 65535)
     return out
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _check_keys(options: Mapping[str, Any], allowed: set[str], role: str) -> None:

@@ -20,11 +20,12 @@ import json
 import socket
 import sys
 import time
+from collections.abc import Iterator
 
 CHUNK = 64 * 1024
 
 
-def stream(total: int, seed: str):  # type: ignore[no-untyped-def]
+def stream(total: int, seed: str) -> Iterator[bytes]:
     block = 0
     sent = 0
     while sent < total:

@@ -30,7 +30,7 @@ def test_original_server_command_line_is_accepted() -> None:
     s = server_settings(opts, {})
     assert s.listen == HostPort("0.0.0.0", 12345)
     assert s.tunnel_id == 660 and s.server_tun_name == "tun660"
-    assert s.aes and s.secret == "s3cret"
+    assert s.aes and s.secret is not None and s.secret.reveal() == b"s3cret"
     assert s.balance == "roundrobin"
     assert s.http_listen == HostPort("0.0.0.0", 8091)
     assert s.log_level == "debug" and not s.syslog
@@ -87,7 +87,7 @@ def test_mtu_budget_fits_a_1500_byte_wan_without_fragmentation() -> None:
         ({"dead-after": "soon"}, "--dead-after: 'soon' is not a duration"),
         ({"kcp-window": "8"}, "--kcp-window: 8 is outside the allowed range 32..65535"),
         ({"tun-name": "x"}, "--tun-name: not a server setting"),
-        ({"secret": "a", "secret-file": "/x"}, "give only one of them"),
+        ({"secret": "a", "secret-file": "/x"}, "give either --secret or --secret-file"),
     ],
 )
 def test_bad_server_values_name_flag_value_and_what_is_allowed(
@@ -123,20 +123,23 @@ def test_secret_from_file_and_environment(tmp_path: Path) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-file\n")
     s = server_settings({"secret-file": str(secret_file), "aes": True}, {})
-    assert s.secret == "from-file"
+    assert s.secret is not None and s.secret.reveal() == b"from-file"
     s = server_settings({"aes": True}, {"RATBOND_SECRET": "from-env"})
-    assert s.secret == "from-env"
+    assert s.secret is not None and s.secret.reveal() == b"from-env"
     empty = tmp_path / "empty"
     empty.write_text("")
     with pytest.raises(ConfigError, match="is empty"):
         server_settings({"secret-file": str(empty)}, {})
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(ConfigError, match="cannot read --secret-file"):
         server_settings({"secret-file": str(tmp_path / "missing")}, {})
 
 
-def test_secret_never_in_repr() -> None:
+def test_secret_never_in_repr_or_errors(tmp_path: Path) -> None:
     s = server_settings({"secret": "hunter2-very-secret"}, {})
-    assert "hunter2" not in repr(s)
+    assert "hunter2" not in repr(s) and "hunter2" not in str(s.secret)
+    with pytest.raises(ConfigError) as info:
+        server_settings({"secret": "hunter2-very-secret", "tunnel-id": "x"}, {})
+    assert "hunter2" not in str(info.value)
 
 
 def test_toml_file_is_overridden_by_flags(tmp_path: Path) -> None:

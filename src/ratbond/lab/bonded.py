@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ratbond.lab.netns import Namespace, stop_process
+from ratbond.lab.netns import Namespace, NetnsError, stop_process
 
 SERVER_PORT = 12345
 SERVER_STATUS_PORT = 8091
@@ -51,7 +51,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         try:
             if predicate():
                 return time.monotonic() - start
-        except (subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
+        except (NetnsError, subprocess.SubprocessError, OSError, ValueError, KeyError) as exc:
             last_error = exc
         time.sleep(interval)
     raise TimeoutError(f"{what} not reached within {timeout:g} s"

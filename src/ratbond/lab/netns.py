@@ -62,7 +62,7 @@ class Namespace:
 
     def popen(self, *argv: str, **kwargs: object) -> subprocess.Popen[bytes]:
         """Start a process inside; the caller stops it (see :func:`stop_process`)."""
-        return subprocess.Popen(self.exec_argv(*argv), start_new_session=True,  # type: ignore[call-overload]
+        return subprocess.Popen(self.exec_argv(*argv), start_new_session=True,  # type: ignore[call-overload,no-any-return]
                                 **kwargs)
 
     def pids(self) -> list[int]:

@@ -18,9 +18,16 @@ from dataclasses import dataclass, field
 from ratbond import __version__
 from ratbond.bond import Bond, PathDown, PathUp, PeerClosed
 from ratbond.config import TUN_MTU, ClientSettings
-from ratbond.crypto import ClientChannel, HandshakeCompleted, HandshakeFailed
-from ratbond.linux.netlink import WanMonitor
-from ratbond.linux.routes import DefaultRouteManager
+from ratbond.crypto import (
+    ClientChannel,
+    HandshakeCompleted,
+    HandshakeFailed,
+    HandshakeInitiated,
+    KeysRotated,
+    SessionExpired,
+)
+from ratbond.linux.netlink import Rtnl, WanMonitor
+from ratbond.linux.routes import DefaultRouteManager, RouteConflictError
 from ratbond.linux.sockets import drain_datagrams, open_path_socket
 from ratbond.linux.tun import TunDevice
 from ratbond.linux.wan import WanAdded, WanAddressChanged, WanLink, WanRemoved, WanTable
@@ -32,6 +39,8 @@ from ratbond.runtime.common import (
     channel_config,
     path_rows,
     resolve_server,
+    stable_client_id,
+    warn_if_plaintext,
 )
 from ratbond.runtime.loop import Deadline, earliest, install_stop_signals
 from ratbond.status import StatusServer
@@ -68,11 +77,14 @@ class ClientRuntime:
         self.started = time.monotonic()
         self.counters = Counters()
         self.ratelog = RateLimitedLog(log)
-        self.channel = ClientChannel(channel_config(settings))
+        self.channel = ClientChannel(channel_config(settings),
+                                     client_id=stable_client_id(settings.tunnel_id))
         self.bond: Bond | None = None
         self.session: int | None = None
         self.tun: TunDevice | None = None
-        self.routes: DefaultRouteManager | None = None
+        self.rtnl: Rtnl | None = None
+        self.routes: list[DefaultRouteManager] = []
+        self.default_route = False
         self.wan_table = WanTable(include=settings.wans, exclude=settings.exclude_wans,
                                   ignore_devices=[settings.client_tun_name])
         self.monitor = WanMonitor(self.wan_table)
@@ -94,17 +106,16 @@ class ClientRuntime:
         self.tun.configure(address=s.client_tunnel_address, address6=s.client_tunnel_address6)
         log.info("tunnel %s up with %s; server %s", self.tun.name, s.client_tunnel_address,
                  s.connect)
-        self.routes = DefaultRouteManager(device=self.tun.name,
-                                          gateway=str(s.server_tunnel_address.ip),
-                                          gateway6=(str(s.server_tunnel_address6.ip)
-                                                    if s.server_tunnel_address6 else None))
+        self.rtnl = Rtnl()
+        gateways = [s.server_tunnel_address, s.server_tunnel_address6]
+        self.routes = [DefaultRouteManager(self.rtnl, device=self.tun.name, gateway=str(g.ip))
+                       for g in gateways if g is not None]
         self.monitor.open()
         self.loop.add_reader(self.monitor.fileno(), self._on_netlink)
         self.monitor.rescan(now)
         self._next_rescan = now + s.rescan_interval
         self._handle_wan_events(now)
         self.channel.connect(now, time.time())
-        self._send_initiations()
         if s.http_listen is not None:
             await self.status.start(s.http_listen.host, s.http_listen.port)
         self._rearm(now)
@@ -121,9 +132,9 @@ class ClientRuntime:
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self.monitor.fileno())
         self.monitor.close()
-        if self.routes is not None:
-            self.routes.ensure_absent()
-            self.routes.close()
+        self._set_default_route(False)
+        if self.rtnl is not None:
+            self.rtnl.close()
         if self.tun is not None:
             self._set_tun_reading(False)
             self.tun.close()
@@ -178,7 +189,6 @@ class ClientRuntime:
         if self.bond is not None:
             self.bond.handle_timer(now)
         self._maybe_rehandshake(now)
-        self._send_initiations()
         self._after_work(now)
 
     # ------------------------------------------------------------------ core plumbing
@@ -239,6 +249,7 @@ class ClientRuntime:
     # ------------------------------------------------------------------ handshake & session
 
     def _send_initiations(self) -> None:
+        """A handshake attempt goes out on every path: the first to answer wins."""
         for path in self.paths.values():
             datagram = self.channel.initiation_for_path(path.path_id)
             if datagram is None:
@@ -257,7 +268,7 @@ class ClientRuntime:
 
     def _maybe_rehandshake(self, now: float) -> None:
         deadline = self._rehandshake_deadline()
-        if deadline is not None and now >= deadline and not self.channel.handshake_pending:
+        if deadline is not None and now >= deadline:
             self.ratelog.log(logging.INFO, "rehandshake",
                              "nothing heard from the server for %.1f s: new handshake",
                              now - self._last_heard)
@@ -266,13 +277,24 @@ class ClientRuntime:
 
     def _handle_channel_events(self, now: float) -> None:
         while (event := self.channel.next_event()) is not None:
-            if isinstance(event, HandshakeCompleted):
+            if isinstance(event, HandshakeInitiated):
+                log.debug("handshake attempt %d%s", event.attempt,
+                          " (rekey)" if event.rekey else "")
+                self._send_initiations()
+            elif isinstance(event, HandshakeCompleted):
                 self._last_heard = now
                 if event.session != self.session:
                     self._new_session(event.session, now)
+            elif isinstance(event, KeysRotated):
+                self._last_heard = now
+                # The server switches to the new keys on our next datagram (a HELLO at the
+                # latest); until then both key sets are accepted.
+                log.debug("session %08x: keys rotated", event.session)
             elif isinstance(event, HandshakeFailed):
                 self.ratelog.log(logging.WARNING, "hsfail", "handshake failed: %s",
                                  event.reason)
+            elif isinstance(event, SessionExpired):
+                log.warning("session %08x expired; reconnecting", event.session)
 
     def _new_session(self, session: int, now: float) -> None:
         old = self.bond
@@ -283,8 +305,8 @@ class ClientRuntime:
         self.bond = Bond(bond_config(self.settings), now)
         for path_id in self.paths:
             self.bond.add_path(path_id, now)
-        if old is not None and self.routes is not None and not self.bond.live_paths():
-            self.routes.ensure_absent()
+        if not self.bond.live_paths():
+            self._set_default_route(False)
 
     def _handle_bond_events(self, now: float) -> None:
         bond = self.bond
@@ -299,12 +321,23 @@ class ClientRuntime:
             elif isinstance(event, PeerClosed):
                 log.info("server closed the session; reconnecting")
                 self.channel.connect(now, time.time())
-                self._send_initiations()
-        if self.routes is not None:
-            if bond.live_paths():
-                self.routes.ensure_present()
-            else:
-                self.routes.ensure_absent()
+        self._set_default_route(bool(bond.live_paths()))
+
+    def _set_default_route(self, present: bool) -> None:
+        """The default route into the tunnel exists exactly while some path is up."""
+        if present == self.default_route:
+            return
+        for manager in self.routes:
+            try:
+                if present:
+                    manager.ensure_present()
+                else:
+                    manager.ensure_absent()
+            except (RouteConflictError, OSError) as exc:
+                self.ratelog.log(logging.WARNING, f"route{manager.gateway}",
+                                 "default route via %s: %s", manager.gateway, exc)
+        self.default_route = present
+        log.info("default route via the tunnel %s", "added" if present else "removed")
 
     # ------------------------------------------------------------------ WAN links
 
@@ -419,7 +452,7 @@ class ClientRuntime:
             "tunnel": {"device": tun.name if tun else None,
                        "address": str(self.settings.client_tunnel_address),
                        "mtu": tun.mtu if tun else None,
-                       "default_route": bool(self.routes and self.routes.present)},
+                       "default_route": self.default_route},
             "wans": {name: str(w.link.address) for name, w in self.wans.items()},
             "counters": self.counters.as_dict(),
             "drops": drops,
@@ -431,6 +464,7 @@ def run_client(settings: ClientSettings) -> int:
     """Entry point of ``ratbond client``: run until SIGINT/SIGTERM, then clean up."""
     setup_logging(settings.log_level, syslog=settings.syslog, ident="ratbond-client")
     log.log(TRACE, "settings: %s", settings)
+    warn_if_plaintext(settings, log)
     return asyncio.run(_main(settings))
 
 

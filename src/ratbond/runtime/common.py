@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import logging
 import socket
 from dataclasses import dataclass
 from typing import Any
 
 from ratbond.bond import BondConfig
 from ratbond.config import KCP_MTU, CommonSettings, HostPort
-from ratbond.crypto import ChannelConfig, Secret
+from ratbond.crypto import ChannelConfig
 
 # Datagrams or packets handled per fd callback before yielding to the loop: big enough to
 # amortise the loop's overhead, small enough that one busy fd cannot starve the others.
@@ -34,8 +36,8 @@ class Counters:
 
 def channel_config(settings: CommonSettings) -> ChannelConfig:
     """The secure channel's mode from ``--aes``/``--secret`` (stretches the secret once)."""
-    secret = Secret(settings.secret) if settings.secret is not None else None
-    return ChannelConfig.from_options(aes=settings.aes, secret=secret, cipher=settings.cipher)
+    return ChannelConfig.from_options(aes=settings.aes, secret=settings.secret,
+                                      cipher=settings.cipher)
 
 
 def bond_config(settings: CommonSettings) -> BondConfig:
@@ -71,3 +73,32 @@ def path_rows(snapshot: Any, now: float) -> list[dict[str, object]]:
         row.update(dataclasses.asdict(path))
         rows.append(row)
     return rows
+
+
+def stable_client_id(tunnel_id: int) -> bytes:
+    """8 bytes naming this client to the server across restarts, so a restarted client
+    replaces its old session at once (derived from the machine id, never sent in clear
+    in a way that identifies the machine: it is hashed with the tunnel id)."""
+    seed = b""
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, "rb") as handle:
+                seed = handle.read(64).strip()
+        except OSError:
+            continue
+        if seed:
+            break
+    if not seed:
+        seed = socket.gethostname().encode()
+    return hashlib.sha256(b"ratbond client id|" + seed + b"|%d" % tunnel_id).digest()[:8]
+
+
+def warn_if_plaintext(settings: CommonSettings, log: logging.Logger) -> None:
+    """No secret means anyone on the path can read, inject and replay: say so loudly."""
+    if settings.secret is None:
+        log.warning("NO SECRET GIVEN: the tunnel runs in PLAINTEXT, unauthenticated; anyone "
+                    "on the path can read, inject and replay traffic. Use --aes with "
+                    "--secret-file or RATBOND_SECRET.")
+    elif not settings.aes:
+        log.warning("--secret without --aes: datagrams are authenticated and replay-protected "
+                    "but NOT encrypted")

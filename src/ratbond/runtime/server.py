@@ -13,15 +13,29 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from ratbond import __version__
 from ratbond.bond import Bond, PathDown, PathUp, PeerClosed
 from ratbond.config import TUN_MTU, ServerSettings
-from ratbond.crypto import ServerChannel, SessionClosed, SessionEstablished
+from ratbond.crypto import (
+    HandshakeRefused,
+    KeysRotated,
+    ServerChannel,
+    SessionClosed,
+    SessionEstablished,
+)
 from ratbond.linux.sockets import drain_datagrams, open_listen_socket
 from ratbond.linux.tun import TunDevice
 from ratbond.logs import TRACE, RateLimitedLog, setup_logging
-from ratbond.runtime.common import BATCH, Counters, bond_config, channel_config, path_rows
+from ratbond.runtime.common import (
+    BATCH,
+    Counters,
+    bond_config,
+    channel_config,
+    path_rows,
+    warn_if_plaintext,
+)
 from ratbond.runtime.loop import Deadline, earliest, install_stop_signals
 from ratbond.status import StatusServer
 
@@ -96,12 +110,15 @@ class ServerRuntime:
         touched: set[int] = set()
         datagrams = drain_datagrams(self.sock, BATCH)
         self.counters.rx_datagrams += len(datagrams)
-        for data, addr in datagrams:
+        for data, source in datagrams:
+            addr = cast(Address, source)  # (host, port[, flowinfo, scope]) as the kernel gave
             opened = receive(data, addr, now, wall)
             if opened is None:
                 continue
             session_id, path_id, payload = opened
-            sess = self.sessions.get(session_id) or self._open_session(session_id, now)
+            sess = self.sessions.get(session_id)
+            if sess is None:
+                sess = self._open_session(session_id, now)
             sess.last_heard = now
             if sess.addresses.get(path_id) != addr:
                 self._path_moved(sess, path_id, addr, now)
@@ -111,9 +128,9 @@ class ServerRuntime:
         self._send_handshake_replies()
         self._handle_channel_events(now)
         for session_id in touched:
-            sess = self.sessions.get(session_id)
-            if sess is not None:
-                self._after_work(sess, now)
+            touched_session = self.sessions.get(session_id)
+            if touched_session is not None:
+                self._after_work(touched_session, now)
         self._rearm()
 
     def _on_tun_readable(self) -> None:
@@ -173,6 +190,11 @@ class ServerRuntime:
                 closed = self.sessions.get(event.session)
                 if closed is not None:
                     self._close_session(closed, event.reason)
+            elif isinstance(event, KeysRotated):
+                log.debug("session %08x: keys rotated", event.session)
+            elif isinstance(event, HandshakeRefused):
+                self.ratelog.log(logging.WARNING, "refused", "handshake from %s:%d refused: %s",
+                                 *event.addr, event.reason)
 
     def _activate(self, sess: ClientSession) -> None:
         """The newest session owns the TUN (one client per tunnel id, as in the original)."""
@@ -288,6 +310,7 @@ def run_server(settings: ServerSettings) -> int:
     """Entry point of ``ratbond server``: run until SIGINT/SIGTERM, then clean up."""
     setup_logging(settings.log_level, syslog=settings.syslog, ident="ratbond-server")
     log.log(TRACE, "settings: %s", settings)
+    warn_if_plaintext(settings, log)
     return asyncio.run(_main(settings))
 
 
