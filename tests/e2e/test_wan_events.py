@@ -42,9 +42,13 @@ def expect_wans(tunnel: BondedTunnel, names: list[str], timeout: float) -> float
 
 
 def readd_route(lab: Lab, i: int, src: str | None = None) -> None:
+    """Put table 100+i back as a router's DHCP client would: subnet route, then default."""
     src = src or lab.wan_address(i)
+    table = str(100 + i)
+    lab.client.run("ip", "route", "replace", f"10.201.{i}.0/24", "dev", f"wan{i}", "src", src,
+                   "table", table)
     lab.client.run("ip", "route", "replace", "default", "via", f"10.201.{i}.1", "dev", f"wan{i}",
-                   "src", src, "table", str(100 + i))
+                   "src", src, "table", table)
 
 
 def test_paths_follow_netlink_events_while_a_transfer_survives(tmp_path: Path) -> None:
@@ -76,8 +80,10 @@ def test_paths_follow_netlink_events_while_a_transfer_survives(tmp_path: Path) -
             readd_route(lab, 2)
             timings["wan2 route back"] = expect_wans(tunnel, ["wan1", "wan2", "wan3"], 5)
 
-            # A new lease on wan3: new address, its rule and route follow (as netifd does).
-            lab.client.run("ip", "addr", "add", "10.201.3.7/24", "dev", "wan3")
+            # A new lease on wan3: new address, its rule and route follow (as netifd does);
+            # promote_secondaries keeps the new address when the old primary goes.
+            lab.client.run("sysctl", "-qw", "net.ipv4.conf.wan3.promote_secondaries=1")
+            lab.client.run("ip", "addr", "add", "10.201.3.7/24", "dev", "wan3", "noprefixroute")
             lab.client.run("ip", "rule", "add", "pref", "10000", "from", "10.201.3.7",
                            "lookup", "103")
             readd_route(lab, 3, src="10.201.3.7")

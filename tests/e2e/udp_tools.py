@@ -21,21 +21,22 @@ import sys
 import time
 
 ETH_P_IP = 0x0800
+ETH_P_ALL = 0x0003  # outgoing frames reach only ETH_P_ALL taps
 
 
 def capture(iface: str, port: int, count: int, seconds: float, outfile: str) -> dict[str, int]:
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_IP))
-    sock.bind((iface, 0))
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(ETH_P_ALL))
+    sock.bind((iface, ETH_P_ALL))
     sock.settimeout(0.2)
     payloads: list[bytes] = []
     deadline = time.monotonic() + seconds
     print("READY", flush=True)
     while len(payloads) < count and time.monotonic() < deadline:
         try:
-            packet = sock.recv(65535)
+            packet, link = sock.recvfrom(65535)
         except TimeoutError:
             continue
-        if len(packet) < 28 or packet[9] != socket.IPPROTO_UDP:
+        if link[1] != ETH_P_IP or len(packet) < 28 or packet[9] != socket.IPPROTO_UDP:
             continue
         ihl = (packet[0] & 0x0F) * 4
         dport = struct.unpack_from("!H", packet, ihl + 2)[0]
