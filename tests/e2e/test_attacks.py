@@ -87,3 +87,4 @@ def test_replays_flips_and_junk_are_dropped_and_counted(tmp_path: Path, mode: st
             assert refused >= attacks["exact"] + attacks["flip"] + attacks["junk"] * 0.99
             assert {p["path_id"]: p["remote"] for p in status["paths"]} == addresses_before
             assert rss_kib(lab, pid) - rss_before < 20_000  # KiB: no state grew per datagram
+        assert tunnel.errors() == [], "an exception reached the event loop"

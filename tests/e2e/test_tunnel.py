@@ -65,6 +65,8 @@ def tunnel_factory(tmp_path: Path) -> Iterator[object]:
     for lab, tunnel in made:
         tunnel.stop()
         lab.down()
+    for _lab, tunnel in made:
+        assert tunnel.errors() == [], "an exception reached the event loop"
 
 
 @pytest.mark.parametrize("mode", list(MODES))

@@ -106,3 +106,4 @@ def test_paths_follow_netlink_events_while_a_transfer_survives(tmp_path: Path) -
             # netlink-driven departures are immediate; a silent blackhole needs dead-after
             assert timings["wan1 down"] < 1.0 and timings["wan2 route deleted"] < 1.0, timings
             assert timings["wan1 blackholed"] < 4.0, timings
+        assert tunnel.errors() == [], "an exception reached the event loop"

@@ -132,6 +132,16 @@ class BondedTunnel:
             parts.append(f"--- {path.name}\n" + "\n".join(lines))
         return "\n".join(parts)
 
+    def errors(self) -> list[str]:
+        """Log lines of either end that show an exception escaped into the event loop."""
+        found = []
+        for path in sorted(self.log_dir.glob(f"{self.server_ns.name}-*.log")) + sorted(
+                self.log_dir.glob(f"{self.client_ns.name}-*.log")):
+            text = path.read_text(errors="replace")
+            if "Traceback" in text:
+                found.append(f"--- {path.name}\n{text[-3000:]}")
+        return found
+
     def stop_client(self) -> int | None:
         code = stop_process(self.client) if self.client is not None else None
         self.client = None

@@ -346,7 +346,7 @@ class ClientRuntime:
             if isinstance(event, WanAdded):
                 self._wan_added(event.wan, now)
             elif isinstance(event, WanRemoved):
-                self._wan_removed(event.wan, event.reason, now)
+                self._wan_removed(event.wan, str(event.reason.value), now)
             elif isinstance(event, WanAddressChanged):
                 self._wan_readdressed(event.old, event.new, now)
 

@@ -120,7 +120,7 @@ class ServerRuntime:
             if sess is None:
                 sess = self._open_session(session_id, now)
             sess.last_heard = now
-            if sess.addresses.get(path_id) != addr:
+            if sess.addresses.get(path_id) != addr or not sess.bond.has_path(path_id):
                 self._path_moved(sess, path_id, addr, now)
             if payload:
                 sess.bond.receive(path_id, payload, now)
@@ -171,20 +171,21 @@ class ServerRuntime:
         return sess
 
     def _path_moved(self, sess: ClientSession, path_id: int, addr: Address, now: float) -> None:
+        """An authenticated, fresh datagram of a path came from ``addr``: send there now."""
         old = sess.addresses.get(path_id)
         sess.addresses[path_id] = addr
-        if old is None:
-            log.info("session %08x: path %d from %s:%d", sess.session, path_id, *addr)
+        if not sess.bond.has_path(path_id):
+            log.info("session %08x: path %d from %s:%d", sess.session, path_id, *addr[:2])
             sess.bond.add_path(path_id, now)
-        else:
+        elif old is not None and old != addr:
             log.info("session %08x: path %d moved %s:%d -> %s:%d", sess.session, path_id,
-                     *old, *addr)
+                     *old[:2], *addr[:2])
 
     def _handle_channel_events(self, now: float) -> None:
         while (event := self.channel.next_event()) is not None:
             if isinstance(event, SessionEstablished):
                 sess = self.sessions.get(event.session) or self._open_session(event.session, now)
-                log.info("session %08x established from %s:%d", event.session, *event.addr)
+                log.info("session %08x established from %s:%d", event.session, *event.addr[:2])
                 self._activate(sess)
             elif isinstance(event, SessionClosed):
                 closed = self.sessions.get(event.session)
@@ -194,7 +195,7 @@ class ServerRuntime:
                 log.debug("session %08x: keys rotated", event.session)
             elif isinstance(event, HandshakeRefused):
                 self.ratelog.log(logging.WARNING, "refused", "handshake from %s:%d refused: %s",
-                                 *event.addr, event.reason)
+                                 *event.addr[:2], event.reason)
 
     def _activate(self, sess: ClientSession) -> None:
         """The newest session owns the TUN (one client per tunnel id, as in the original)."""
@@ -226,9 +227,10 @@ class ServerRuntime:
             if isinstance(event, PathUp):
                 log.info("session %08x: path %d up", sess.session, event.path_id)
             elif isinstance(event, PathDown):
+                # The address stays: the bond keeps probing a down path, so it comes back
+                # as soon as the link does.
                 log.info("session %08x: path %d down: %s", sess.session, event.path_id,
                          event.reason)
-                sess.addresses.pop(event.path_id, None)
             elif isinstance(event, PeerClosed):
                 self._close_session(sess, "client closed")
                 return
