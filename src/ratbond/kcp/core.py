@@ -88,6 +88,10 @@ def validate_datagram(data: bytes, conv: int) -> int:
     size = len(data)
     if size < OVERHEAD:
         return ERR_BAD_HEADER
+    seg_conv, cmd = _PREFIX.unpack_from(data, 0)
+    if (seg_conv == conv and CMD_PUSH <= cmd <= CMD_WINS
+            and _LENGTH.unpack_from(data, 20)[0] == size - OVERHEAD):
+        return 0  # the common case on the data path: one segment filling the datagram
     offset = 0
     while size - offset >= OVERHEAD:
         seg_conv, cmd = _PREFIX.unpack_from(data, offset)
