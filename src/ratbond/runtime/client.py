@@ -92,6 +92,7 @@ class ClientRuntime:
         self.paths: dict[int, ClientPath] = {}
         self._path_ids: dict[tuple[str, int], int] = {}
         self._tun_reading = False
+        self._trace = log.isEnabledFor(TRACE)  # read once: per-packet logging costs nothing off
         self._last_heard = 0.0
         self._next_rescan = 0.0
         self._timer = Deadline(loop, self._on_timer)
@@ -153,6 +154,9 @@ class ClientRuntime:
         for packet in packets:
             if not send(packet, now):
                 self.counters.tun_rx_dropped += 1
+        if self._trace:
+            log.log(TRACE, "tun: read %d packets (%d bytes)", len(packets),
+                    sum(map(len, packets)))
         self._after_work(now)
 
     def _on_path_readable(self, path: ClientPath) -> None:
@@ -170,6 +174,8 @@ class ClientRuntime:
                 bond.receive(path_id, payload, now)
         if got:
             self._last_heard = now
+        if self._trace:
+            log.log(TRACE, "path %d: datagrams read, authenticated data: %s", path.path_id, got)
         self._after_work(now)
 
     def _on_netlink(self) -> None:

@@ -70,6 +70,7 @@ class ServerRuntime:
         self.tun: TunDevice | None = None
         self.sock = open_listen_socket(settings.listen.host, settings.listen.port)
         self._timer = Deadline(loop, self._on_timer)
+        self._trace = log.isEnabledFor(TRACE)  # read once: per-packet logging costs nothing off
         self.status = StatusServer(self.snapshot)
 
     async def start(self) -> None:
@@ -110,6 +111,8 @@ class ServerRuntime:
         touched: set[int] = set()
         datagrams = drain_datagrams(self.sock, BATCH)
         self.counters.rx_datagrams += len(datagrams)
+        if self._trace:
+            log.log(TRACE, "socket: %d datagrams", len(datagrams))
         for data, source in datagrams:
             addr = cast(Address, source)  # (host, port[, flowinfo, scope]) as the kernel gave
             opened = receive(data, addr, now, wall)
@@ -140,6 +143,8 @@ class ServerRuntime:
         now = self.loop.time()
         packets = tun.read_batch(BATCH)
         self.counters.tun_rx_packets += len(packets)
+        if self._trace:
+            log.log(TRACE, "tun: read %d packets", len(packets))
         if sess is None:
             self.counters.tun_rx_dropped += len(packets)
             return
