@@ -103,7 +103,12 @@ def test_paths_follow_netlink_events_while_a_transfer_survives(tmp_path: Path) -
             sent = finish(sender, timeout=120)
             got = finish(receiver, timeout=120)
             assert got["sha256"] == sent["sha256"] and got["bytes"] == 48 * MB, timings
-            # netlink-driven departures are immediate; a silent blackhole needs dead-after
-            assert timings["wan1 down"] < 1.0 and timings["wan2 route deleted"] < 1.0, timings
-            assert timings["wan1 blackholed"] < 4.0, timings
+            # Netlink, not the liveness timer, took wan1 and wan2 out (how fast is measured by
+            # bench/failover.py, not here); the blackhole was caught by liveness alone.
+            client_log = (tmp_path / f"{lab.client.name}-client.log").read_text()
+            assert "WAN wan1 left: link-down" in client_log
+            assert "WAN wan2 left: route-removed" in client_log
+            assert "WAN wan3 moved from 10.201.3.2 to 10.201.3.7" in client_log
+            blackholed = client_log.split("WAN wan3 moved", 1)[1]
+            assert "path 1 down:" in blackholed and "WAN wan1 left" not in blackholed
         assert tunnel.errors() == [], "an exception reached the event loop"
