@@ -35,3 +35,12 @@ def test_bad_link_change_values(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["lab", "link", "1", "--blackhole", "--restore"])
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_demo_seconds_must_be_whole_and_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    # iperf3 reads "-t 0.5" as 0, which means "run forever": refuse before building anything.
+    for value, named in (("1.5", "'1.5': give whole seconds"), ("0", "'0': must be at least 1")):
+        with pytest.raises(SystemExit) as info:
+            main(["demo", "--seconds", value])
+        assert info.value.code == 2
+        assert named in capsys.readouterr().err

@@ -96,9 +96,10 @@ def add_demo_parser(sub: Any) -> None:
     from ratbond.lab.demo import add_demo_arguments, run_demo
 
     p: argparse.ArgumentParser = sub.add_parser(
-        "demo", help="bring up a lab and show the links (and the bond)",
-        description="Bring up a lab with three different WAN links, measure them, print a "
-                    "report and tear everything down (needs root).")
+        "demo", help="bring up a lab, bond its links, cut one, report",
+        description="Bring up a lab with three different WAN links, measure them, run a "
+                    "ratbond server and client over them, measure the bond, cut a link and "
+                    "restore it, print a report and tear everything down (needs root).")
     add_demo_arguments(p)
     p.set_defaults(handler=lambda a: _guarded(run_demo, a))
 

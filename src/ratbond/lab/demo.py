@@ -1,42 +1,77 @@
-"""``ratbond demo``: a lab with three different WAN links, measured, reported, removed.
+"""``ratbond demo``: a lab with three different WAN links, the bond over them, a cut link.
 
 The demo is a list of steps sharing one :class:`DemoContext`. Each step does one thing
-(bring the lab up, measure the links, ...) and leaves its figures in ``ctx.results``;
-each report section turns figures into lines. Later phases (start a ratbond server and
-client in the lab, bonded throughput, cut a link, failover gap) are further entries in
-:data:`STEPS` and :data:`REPORT`; teardown always runs, on success, error and Ctrl-C.
+(bring the lab up, measure the links, start the tunnel, measure the bond, cut a link, ...)
+and leaves its figures in ``ctx.results``; each report section turns figures into lines.
+Whatever a step starts, it registers for teardown on ``ctx.cleanup``, so the ratbond
+processes, pollers and the lab itself go away on success, error and Ctrl-C alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import math
+import secrets
+import shutil
+import statistics
+import subprocess
 import sys
+import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ratbond.lab.measure import iperf3, ping_rtt
+from ratbond.lab.bonded import CLIENT_STATUS_PORT, SERVER_TUNNEL_IP, BondedTunnel, TunnelError
+from ratbond.lab.measure import MeasureError, iperf3, iperf3_server, ping_rtt
+from ratbond.lab.netns import Namespace, NetnsError, list_namespaces, stop_process
 from ratbond.lab.spec import LinkSpec, LinkSpecError, parse_links
+from ratbond.lab.state import LabError, state_path
 from ratbond.lab.topology import Lab
 
 DEFAULT_LINKS = "30/10:20ms,20:40ms,10:60ms:1%"
+BOND_FLOWS = 8
+# Faster liveness than the CLI defaults (HELLO 2 s, dead after 10 s), on both ends: a
+# silently dead link then leaves the bond within seconds, which the failover step shows.
+HELLO_INTERVAL = 0.5
+DEAD_AFTER = 3.0
+# Failover timeline (seconds): goodput settles, the link is cut, held down a moment after
+# it left, restored, and the transfer runs on long enough to show the recovery.
+FAILOVER_WARMUP = 2.0
+FAILOVER_HOLD = 0.5
+FAILOVER_REJOIN = 2.0
+FAILOVER_TAIL = 1.0
+GAP_FRACTION = 0.1
+WATCH_PERIOD = 0.05
 
 
 @dataclass
 class DemoContext:
-    """What the steps share: the settings, the running lab and the figures so far."""
+    """What the steps share: the settings, what is running, and the figures so far."""
 
     links: list[LinkSpec]
-    seconds: float = 3.0
+    seconds: int = 3
     out: Callable[[str], None] = print
     lab: Lab | None = None
+    tunnel: BondedTunnel | None = None
+    workdir: Path | None = None
     results: dict[str, Any] = field(default_factory=dict)
+    cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
     def require_lab(self) -> Lab:
         if self.lab is None:
             raise RuntimeError("this demo step needs the lab step before it")
         return self.lab
+
+    def require_tunnel(self) -> BondedTunnel:
+        if self.tunnel is None:
+            raise RuntimeError("this demo step needs the tunnel step before it")
+        return self.tunnel
 
     def progress(self, text: str) -> None:
         self.out(f"      {text}")
@@ -46,8 +81,14 @@ Step = tuple[str, Callable[[DemoContext], None]]
 ReportSection = Callable[[DemoContext], list[str]]
 
 
+# ----- steps --------------------------------------------------------------------------------
+
+
 def step_lab_up(ctx: DemoContext) -> None:
     ctx.lab = Lab.up(ctx.links, name=None)
+    ctx.cleanup.callback(ctx.lab.down)
+    ctx.results["lab"] = {"name": ctx.lab.name, "prefix": ctx.lab.prefix}
+    ctx.progress(f"lab {ctx.lab.name!r}, namespaces {ctx.lab.prefix}*")
     for i, spec in enumerate(ctx.links, 1):
         ctx.progress(f"wan{i} {ctx.lab.wan_address(i)}  {spec.to_text()}")
 
@@ -58,7 +99,7 @@ def step_measure_links(ctx: DemoContext) -> None:
     per_link: list[dict[str, Any]] = []
     for i, spec in enumerate(lab.links, 1):
         source = lab.wan_address(i)
-        rtt = ping_rtt(lab.client, lab.server_public_ip, count=10, source=source)
+        rtt = ping_rtt(lab.client, lab.server_public_ip, count=_pings(ctx), source=source)
         figures: dict[str, Any] = {"index": i, "spec": spec.to_text(),
                                    "rtt_ms": rtt.get("median_ms"), "ping_loss": rtt["loss"]}
         for direction, reverse in (("down", True), ("up", False)):
@@ -66,11 +107,348 @@ def step_measure_links(ctx: DemoContext) -> None:
                             seconds=ctx.seconds, reverse=reverse, bind=source)
             figures[f"{direction}_mbit"] = result["bits_per_second"] / 1e6
             figures[f"{direction}_retransmits"] = result["retransmits"]
-        rtt_text = "n/a" if figures["rtt_ms"] is None else f"{figures['rtt_ms']:.1f} ms"
         ctx.progress(f"wan{i}: down {figures['down_mbit']:.1f} Mbit/s, up "
-                     f"{figures['up_mbit']:.1f} Mbit/s, RTT {rtt_text}")
+                     f"{figures['up_mbit']:.1f} Mbit/s, RTT {_ms(figures['rtt_ms'])}")
         per_link.append(figures)
     ctx.results["links"] = per_link
+
+
+def step_tunnel_up(ctx: DemoContext) -> None:
+    """Server and client with ``--aes`` and a secret made for this run, all paths up."""
+    lab = ctx.require_lab()
+    took = _start_tunnel(ctx, [])
+    ctx.results["tunnel"] = {"paths": len(lab.links), "seconds_to_up": took,
+                             "hello_interval_s": HELLO_INTERVAL, "dead_after_s": DEAD_AFTER}
+    workdir = _workdir(ctx)
+    ctx.results["tunnel"]["workdir"] = str(workdir)
+    ctx.progress(f"--aes, a secret made for this run in {workdir / 'secret'} (mode 0600)")
+    ctx.progress(f"{len(lab.links)} paths up on both ends after {took:.1f} s")
+
+
+def step_measure_bond(ctx: DemoContext) -> None:
+    """Goodput through the tunnel with many flows each way, one flow, and the tunnel RTT."""
+    lab = ctx.require_lab()
+    figures: dict[str, Any] = {}
+    for key, flows, reverse in (("down", BOND_FLOWS, True), ("up", BOND_FLOWS, False),
+                                ("down_1flow", 1, True)):
+        result = iperf3(lab.client, lab.server, SERVER_TUNNEL_IP, seconds=ctx.seconds,
+                        parallel=flows, reverse=reverse)
+        figures[f"{key}_mbit"] = result["bits_per_second"] / 1e6
+        ctx.progress(f"{flows} flow{'s' if flows > 1 else ''} {key.split('_')[0]}: "
+                     f"{figures[f'{key}_mbit']:.1f} Mbit/s")
+    rtt = ping_rtt(lab.client, SERVER_TUNNEL_IP, count=_pings(ctx))
+    figures["rtt_ms"] = rtt.get("median_ms")
+    figures["ping_loss"] = rtt["loss"]
+    ctx.progress(f"RTT through the tunnel {_ms(figures['rtt_ms'])}")
+    ctx.results["bond"] = figures
+
+
+def step_failover(ctx: DemoContext) -> None:
+    """Cut the link carrying one download twice: silently (blackhole), then visibly (down)."""
+    lab = ctx.require_lab()
+    tunnel = ctx.require_tunnel()
+    if len(lab.links) < 2:
+        ctx.progress("skipped: with one link there is nothing to fail over to")
+        return
+    # A direct link has no emulator to blackhole; taking its interface down still works.
+    kinds = ["wan-down"] if any(s.direct for s in lab.links) else ["blackhole", "wan-down"]
+    runs = []
+    for kind in kinds:
+        tunnel.wait_paths_up(len(lab.links), timeout=20)
+        run_ = run_failover(lab, tunnel, kind, ctx.progress)
+        runs.append(run_)
+        ctx.progress(_failover_line(run_))
+    ctx.results["failover"] = runs
+
+
+def step_roundrobin(ctx: DemoContext) -> None:
+    """Restart both ends with ``--balance-roundrobin``: one TCP flow then uses every link."""
+    lab = ctx.require_lab()
+    tunnel = ctx.require_tunnel()
+    tunnel.stop()
+    took = _start_tunnel(ctx, ["--balance-roundrobin"])
+    ctx.progress(f"restarted with --balance-roundrobin, paths up after {took:.1f} s")
+    figures: dict[str, Any] = {}
+    for key, reverse in (("down", True), ("up", False)):
+        result = iperf3(lab.client, lab.server, SERVER_TUNNEL_IP, seconds=ctx.seconds,
+                        reverse=reverse)
+        figures[f"{key}_mbit"] = result["bits_per_second"] / 1e6
+        ctx.progress(f"1 flow {key}: {figures[f'{key}_mbit']:.1f} Mbit/s")
+    ctx.results["roundrobin"] = figures
+
+
+def _pings(ctx: DemoContext) -> int:
+    """Probes per RTT figure: ten, or five when the measurements are kept short."""
+    return min(10, 5 * ctx.seconds)
+
+
+def _workdir(ctx: DemoContext) -> Path:
+    """This run's private directory (mode 0700): the secret file and the tunnel's logs."""
+    if ctx.workdir is None:
+        ctx.workdir = Path(tempfile.mkdtemp(prefix="ratbond-demo-"))
+        ctx.cleanup.callback(shutil.rmtree, ctx.workdir, ignore_errors=True)
+        secret_file = ctx.workdir / "secret"
+        secret_file.touch(mode=0o600)
+        secret_file.write_text(secrets.token_urlsafe(32))
+    return ctx.workdir
+
+
+def _start_tunnel(ctx: DemoContext, extra: Sequence[str]) -> float:
+    """(Re)start server and client in the lab; returns the seconds until all paths were up.
+
+    The secret never appears on a command line: it is written once per run to a file only
+    root can read, inside a private directory removed at teardown.
+    """
+    lab = ctx.require_lab()
+    workdir = _workdir(ctx)
+    liveness = [f"--hello-interval={HELLO_INTERVAL:g}", f"--dead-after={DEAD_AFTER:g}"]
+    args = ["--aes", f"--secret-file={workdir / 'secret'}", *liveness, *extra]
+    tunnel = BondedTunnel(lab.server, lab.client, lab.server_public_ip, server_args=args,
+                          client_args=args, log_dir=workdir)
+    ctx.tunnel = tunnel
+    ctx.cleanup.callback(tunnel.stop)
+    started = time.monotonic()
+    tunnel.start(paths=len(lab.links), timeout=30)
+    return time.monotonic() - started
+
+
+# ----- failover -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One reading of the client's status: when, which WANs have a path up, bytes per WAN."""
+
+    t: float
+    up: frozenset[str]
+    rx_bytes: dict[str, int]
+
+
+def watch_status(port: int, period: float) -> None:
+    """Print one JSON line per status reading, stamped with the monotonic clock.
+
+    Runs inside the client namespace (``python -c``), where the status endpoint listens;
+    one long-lived poller instead of a process per reading keeps the timing fine-grained.
+    ``CLOCK_MONOTONIC`` is the same in every namespace, so the stamps compare with ours.
+    """
+    url = f"http://127.0.0.1:{port}/status.json"
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as reply:
+                status = json.loads(reply.read())
+        except (OSError, ValueError):
+            time.sleep(period)
+            continue
+        paths = [[p.get("wan"), p.get("state"), p.get("rx_bytes", 0)]
+                 for p in status.get("paths", [])]
+        try:
+            print(json.dumps({"t": time.monotonic(), "paths": paths}), flush=True)
+        except BrokenPipeError:
+            return
+        time.sleep(period)
+
+
+class PathWatch:
+    """The client's path states as a timeline, read from a :func:`watch_status` poller."""
+
+    def __init__(self, ns: Namespace, port: int = CLIENT_STATUS_PORT,
+                 period: float = WATCH_PERIOD) -> None:
+        code = f"from ratbond.lab.demo import watch_status; watch_status({port}, {period})"
+        self._proc = ns.popen(sys.executable, "-c", code, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL)
+        self._samples: list[Sample] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            try:
+                raw = json.loads(line)
+                sample = _sample(raw)
+            except (ValueError, KeyError, TypeError):
+                continue
+            with self._changed:
+                self._samples.append(sample)
+                self._changed.notify_all()
+
+    def wait(self, predicate: Callable[[Sample], bool], timeout: float,
+             after: float = 0.0) -> Sample | None:
+        """The first sample taken after ``after`` for which ``predicate`` holds, or None."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for sample in self._samples[seen:]:
+                    if sample.t > after and predicate(sample):
+                        return sample
+                seen = len(self._samples)
+                left = deadline - time.monotonic()
+                if left <= 0 or self._proc.poll() is not None:
+                    return None
+                self._changed.wait(left)
+
+    def latest(self) -> Sample | None:
+        with self._changed:
+            return self._samples[-1] if self._samples else None
+
+    def close(self) -> None:
+        stop_process(self._proc, timeout=2.0)
+        self._reader.join(timeout=2.0)
+
+
+def _sample(raw: dict[str, Any]) -> Sample:
+    rx: dict[str, int] = {}
+    up: set[str] = set()
+    for wan, state, rx_bytes in raw["paths"]:
+        rx[str(wan)] = rx.get(str(wan), 0) + int(rx_bytes)
+        if state == "up":
+            up.add(str(wan))
+    return Sample(t=float(raw["t"]), up=frozenset(up), rx_bytes=rx)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """The longest stretch of near-zero goodput that ends after a cut."""
+
+    seconds: float
+    starts_after_cut: float
+    baseline_mbit: float
+
+
+def failover_gap(intervals: Sequence[tuple[float, float, float]], cut_at: float,
+                 fraction: float = GAP_FRACTION) -> Gap | None:
+    """Find the failover gap in a goodput timeline of ``(start, end, bits_per_second)``.
+
+    The baseline is the median of the intervals that ended before the cut (``cut_at``, on
+    the same timeline); the gap is the longest run of consecutive intervals under
+    ``fraction`` of it that ends after the cut (stalls of TCP's warm-up do not count).
+    A seamless failover is a zero gap; None means there was no baseline to judge by.
+    """
+    before = [bps for _start, end, bps in intervals if end <= cut_at]
+    if not before or statistics.median(before) <= 0:
+        return None
+    baseline = statistics.median(before)
+    best: tuple[float, float] | None = None  # (length, start)
+    run_start: float | None = None
+    run_length = 0.0
+    for start, end, bps in intervals:
+        if bps < fraction * baseline:
+            if run_start is None:
+                run_start, run_length = start, 0.0
+            run_length += end - start
+            if end > cut_at and (best is None or run_length > best[0]):
+                best = (run_length, run_start)
+        else:
+            run_start = None
+    if best is None:
+        return Gap(seconds=0.0, starts_after_cut=0.0, baseline_mbit=baseline / 1e6)
+    return Gap(seconds=best[0], starts_after_cut=best[1] - cut_at,
+               baseline_mbit=baseline / 1e6)
+
+
+def run_failover(lab: Lab, tunnel: BondedTunnel, kind: str,
+                 progress: Callable[[str], None] = lambda _text: None) -> dict[str, Any]:
+    """One download through the tunnel while the link carrying it is cut and restored.
+
+    ``kind`` is ``blackhole`` (the emulator drops everything: only HELLO liveness can tell)
+    or ``wan-down`` (the client's interface goes down: netlink tells at once). Returns the
+    cut link, when its path left and rejoined the bond, and the gap seen by iperf3.
+    """
+    cut, restore = _cut_actions(lab, kind)
+    expect_leave = DEAD_AFTER + 1.0 if kind == "blackhole" else 1.0
+    seconds = math.ceil(FAILOVER_WARMUP + expect_leave + FAILOVER_HOLD + FAILOVER_REJOIN
+                        + FAILOVER_TAIL)
+    watch = PathWatch(lab.client)
+    try:
+        first = watch.wait(lambda _s: True, timeout=10)
+        if first is None:
+            raise TunnelError("the client's status endpoint did not answer")
+        with iperf3_server(lab.server) as port:
+            argv = ["iperf3", "-c", SERVER_TUNNEL_IP, "-p", str(port), "-t", str(seconds),
+                    "-R", "-i", "0.1", "--json", "--connect-timeout", "5000"]
+            transfer = lab.client.popen(*argv, stdout=subprocess.PIPE,
+                                        stderr=subprocess.PIPE)
+            try:
+                timeline = _cut_during(watch, first, cut, restore, expect_leave)
+                out, err = transfer.communicate(timeout=seconds + 30)
+            finally:
+                stop_process(transfer)
+        if timeline["rejoined_at"] is None:  # the transfer ended first: keep watching
+            back = watch.wait(lambda s: timeline["wan"] in s.up, timeout=10,
+                              after=timeline["restored_at"])
+            timeline["rejoined_at"] = back.t if back else None
+    finally:
+        watch.close()
+    intervals = _intervals(out, err)
+    cut_at = timeline["cut_at"] - timeline["started_at"]
+    gap = failover_gap(intervals, cut_at)
+    progress(f"{kind}: cut {timeline['wan']} {cut_at:.1f} s into a {seconds} s download")
+    return {
+        "kind": kind, "wan": timeline["wan"], "transfer_s": seconds, "cut_at_s": cut_at,
+        "left_after_s": _since(timeline["left_at"], timeline["cut_at"]),
+        "rejoined_after_s": _since(timeline["rejoined_at"], timeline["restored_at"]),
+        "gap_s": None if gap is None else gap.seconds,
+        "gap_starts_after_cut_s": None if gap is None else gap.starts_after_cut,
+        "baseline_mbit": None if gap is None else gap.baseline_mbit,
+        "intervals": [(round(s, 2), round(bps / 1e6, 2)) for s, _e, bps in intervals],
+    }
+
+
+def _cut_during(watch: PathWatch, first: Sample, cut: Callable[[int], None],
+                restore: Callable[[int], None], expect_leave: float) -> dict[str, Any]:
+    """Drive one cut while the transfer runs; every time is on the monotonic clock.
+
+    iperf3's timeline starts when its data starts to flow, which the poller sees as the
+    client's received bytes jumping (the control connection carries only a few hundred).
+    """
+    base = sum(first.rx_bytes.values())
+    started = watch.wait(lambda s: sum(s.rx_bytes.values()) - base > 30_000, timeout=15)
+    if started is None:
+        raise MeasureError("the failover download never started through the tunnel")
+    time.sleep(max(0.0, started.t + FAILOVER_WARMUP - time.monotonic()))
+    now = watch.latest() or started
+    wan = max(now.rx_bytes, key=lambda w: now.rx_bytes[w] - started.rx_bytes.get(w, 0))
+    index = int(wan.removeprefix("wan"))
+    cut_at = time.monotonic()
+    cut(index)
+    left = watch.wait(lambda s: wan not in s.up, timeout=expect_leave + 3, after=cut_at)
+    time.sleep(max(0.0, (left.t if left else time.monotonic()) + FAILOVER_HOLD
+                   - time.monotonic()))
+    restored_at = time.monotonic()
+    restore(index)
+    back = watch.wait(lambda s: wan in s.up, timeout=FAILOVER_REJOIN, after=restored_at)
+    return {"wan": wan, "started_at": started.t, "cut_at": cut_at,
+            "left_at": left.t if left else None, "restored_at": restored_at,
+            "rejoined_at": back.t if back else None}
+
+
+def _cut_actions(lab: Lab, kind: str) -> tuple[Callable[[int], None], Callable[[int], None]]:
+    if kind == "blackhole":
+        return (lambda i: lab.link(i).blackhole()), (lambda i: lab.link(i).restore())
+    if kind == "wan-down":
+        return (lambda i: lab.set_wan_updown(i, False)), (lambda i: lab.set_wan_updown(i, True))
+    raise ValueError(f"unknown cut {kind!r}: blackhole or wan-down")
+
+
+def _intervals(out: bytes, err: bytes) -> list[tuple[float, float, float]]:
+    try:
+        raw = json.loads(out)
+    except ValueError:
+        raise MeasureError(f"iperf3 gave no JSON: {err.decode(errors='replace').strip()}"
+                           ) from None
+    if "error" in raw:
+        raise MeasureError(f"iperf3 through the tunnel: {raw['error']}")
+    return [(float(i["sum"]["start"]), float(i["sum"]["end"]),
+             float(i["sum"]["bits_per_second"])) for i in raw["intervals"]]
+
+
+def _since(t: float | None, origin: float) -> float | None:
+    return None if t is None else t - origin
+
+
+# ----- report -------------------------------------------------------------------------------
 
 
 def report_links(ctx: DemoContext) -> list[str]:
@@ -85,10 +463,58 @@ def report_links(ctx: DemoContext) -> list[str]:
                      f"{_with_share(fig['down_mbit'], spec.down_mbit):>16} "
                      f"{_with_share(fig['up_mbit'], spec.up_mbit):>16} "
                      f"{'n/a' if fig['rtt_ms'] is None else format(fig['rtt_ms'], '.1f'):>8}")
-    total_down = sum(f["down_mbit"] for f in links)
-    total_up = sum(f["up_mbit"] for f in links)
+    total_down, total_up = _link_sums(ctx)
     lines.append(f"  {'sum':<24} {total_down:>16.1f} {total_up:>16.1f}")
     return lines
+
+
+def report_bond(ctx: DemoContext) -> list[str]:
+    bond = ctx.results.get("bond")
+    if not bond:
+        return []
+    total_down, total_up = _link_sums(ctx)
+    lines = ["", "Bonded through the tunnel (ratbond --aes, consistent hashing):",
+             f"  {BOND_FLOWS} flows down  {bond['down_mbit']:7.1f} Mbit/s  "
+             f"{_share(bond['down_mbit'], total_down)} of the links' sum",
+             f"  {BOND_FLOWS} flows up    {bond['up_mbit']:7.1f} Mbit/s  "
+             f"{_share(bond['up_mbit'], total_up)} of the links' sum",
+             f"  1 flow down   {bond['down_1flow_mbit']:7.1f} Mbit/s  (a flow keeps one path)",
+             f"  RTT via the tunnel {_ms(bond['rtt_ms'])} (ICMP, median)"]
+    rr = ctx.results.get("roundrobin")
+    if rr:
+        lines += ["Bonded, one flow sprayed over every path (--balance-roundrobin):",
+                  f"  1 flow down   {rr['down_mbit']:7.1f} Mbit/s  "
+                  f"{_share(rr['down_mbit'], total_down)} of the links' sum",
+                  f"  1 flow up     {rr['up_mbit']:7.1f} Mbit/s  "
+                  f"{_share(rr['up_mbit'], total_up)} of the links' sum"]
+    return lines
+
+
+def report_failover(ctx: DemoContext) -> list[str]:
+    runs = ctx.results.get("failover")
+    if not runs:
+        return []
+    lines = ["", f"Failover (1 TCP download, 0.1 s intervals; HELLO every {HELLO_INTERVAL:g} s, "
+                 f"dead after {DEAD_AFTER:g} s):"]
+    lines += [f"  {_failover_line(run_)}" for run_ in runs]
+    lines += [f"  gap = longest run of 0.1 s intervals under {GAP_FRACTION:.0%} of the median "
+              "goodput before", "  the cut (TCP's own retransmission back-off included)"]
+    return lines
+
+
+def _failover_line(run_: dict[str, Any]) -> str:
+    what = {"blackhole": "blackholed", "wan-down": "set down"}.get(run_["kind"], run_["kind"])
+    gap = "n/a" if run_["gap_s"] is None else f"{run_['gap_s']:.1f} s"
+    left = run_["left_after_s"]
+    back = run_["rejoined_after_s"]
+    return (f"{run_['wan']} {what:<10}: gap {gap}, path left the bond "
+            f"{'never' if left is None else 'after ' + format(left, '.1f') + ' s'}, rejoined "
+            f"{'never' if back is None else format(back, '.1f') + ' s after the restore'}")
+
+
+def _link_sums(ctx: DemoContext) -> tuple[float, float]:
+    links = ctx.results.get("links") or []
+    return sum(f["down_mbit"] for f in links), sum(f["up_mbit"] for f in links)
 
 
 def _with_share(mbit: float, capacity: float | None) -> str:
@@ -97,11 +523,26 @@ def _with_share(mbit: float, capacity: float | None) -> str:
     return f"{mbit:.1f} ({mbit / capacity:.0%})"
 
 
+def _share(mbit: float, total: float) -> str:
+    return f"{mbit / total:4.0%}" if total > 0 else "n/a"
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
+
+
 STEPS: list[Step] = [
     ("bring up a lab with the emulated links", step_lab_up),
     ("measure each link alone", step_measure_links),
+    ("start a ratbond server and client in the lab", step_tunnel_up),
+    ("measure the bond", step_measure_bond),
+    ("cut the link carrying a download, restore it", step_failover),
+    ("one flow with --balance-roundrobin", step_roundrobin),
 ]
-REPORT: list[ReportSection] = [report_links]
+REPORT: list[ReportSection] = [report_links, report_bond, report_failover]
+
+
+# ----- driver -------------------------------------------------------------------------------
 
 
 def run(ctx: DemoContext, steps: Sequence[Step] = STEPS,
@@ -115,21 +556,47 @@ def run(ctx: DemoContext, steps: Sequence[Step] = STEPS,
             step(ctx)
             ctx.progress(f"done in {time.monotonic() - t0:.1f} s")
     finally:
-        if ctx.lab is not None:
-            ctx.out("tearing the lab down...")
-            ctx.lab.down()
+        ctx.out("tearing everything down...")
+        ctx.cleanup.close()
     ctx.out("")
     for section in report:
         for line in section(ctx):
             ctx.out(line)
-    ctx.out(f"demo finished in {time.monotonic() - started:.0f} s; nothing was left behind")
+    left = _leftovers(ctx)
+    ctx.out(f"demo finished in {time.monotonic() - started:.0f} s; "
+            + (f"LEFT BEHIND: {', '.join(left)}" if left else "nothing was left behind"))
+
+
+def _leftovers(ctx: DemoContext) -> list[str]:
+    if ctx.lab is None:
+        return []
+    left = list_namespaces(ctx.lab.prefix)
+    if state_path(ctx.lab.name).exists():
+        left.append(str(state_path(ctx.lab.name)))
+    if ctx.workdir is not None and ctx.workdir.exists():
+        left.append(str(ctx.workdir))
+    return left
 
 
 def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--links", default=DEFAULT_LINKS,
                         help="links to emulate (default: %(default)s; see 'ratbond lab up')")
-    parser.add_argument("--seconds", type=float, default=3.0,
-                        help="length of each iperf3 measurement (default: %(default)s)")
+    parser.add_argument("--seconds", type=_whole_seconds, default=3,
+                        help="length of each iperf3 measurement, whole seconds "
+                             "(default: %(default)s)")
+    parser.add_argument("--json", metavar="FILE", dest="json_path",
+                        help="also write every figure to FILE as JSON")
+
+
+def _whole_seconds(text: str) -> int:
+    """iperf3 takes whole seconds (it reads ``-t 0.5`` as 0: run forever)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give whole seconds, like 3") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -139,9 +606,15 @@ def run_demo(args: argparse.Namespace) -> int:
     except LinkSpecError as exc:
         print(f"ratbond demo: error: {exc}", file=sys.stderr)
         return 2
-    if not args.seconds > 0:
-        print("ratbond demo: error: --seconds must be > 0", file=sys.stderr)
-        return 2
-    run(DemoContext(links=links, seconds=args.seconds,
-                    out=lambda line: print(line, flush=True)))
+    ctx = DemoContext(links=links, seconds=args.seconds,
+                      out=lambda line: print(line, flush=True))
+    try:
+        run(ctx)
+    except (TunnelError, MeasureError, NetnsError, TimeoutError, subprocess.SubprocessError,
+            LabError) as exc:
+        print(f"ratbond demo: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if args.json_path:
+            Path(args.json_path).write_text(json.dumps(ctx.results, indent=2) + "\n")
     return 0

@@ -64,8 +64,11 @@ def iperf3_server(ns: Namespace, *, port: int | None = None,
 def iperf3_client(ns: Namespace, server_ip: str, port: int, *, seconds: float,
                   parallel: int = 1, reverse: bool = False, bind: str | None = None,
                   udp: bool = False, bitrate: str | None = None) -> dict[str, Any]:
-    """Run one iperf3 test from ``ns``; goodput is what the receiving side counted."""
-    argv = ["iperf3", "-c", server_ip, "-p", str(port), "-t", f"{seconds:g}", "-P",
+    """Run one iperf3 test from ``ns``; goodput is what the receiving side counted.
+
+    iperf3 reads a fractional ``-t`` as 0, which means "forever": whole seconds only.
+    """
+    argv = ["iperf3", "-c", server_ip, "-p", str(port), "-t", str(max(1, round(seconds))), "-P",
             str(parallel), "--json", "--connect-timeout", "5000"]
     if reverse:
         argv.append("-R")

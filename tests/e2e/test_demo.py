@@ -1,0 +1,211 @@
+"""``ratbond demo``: the whole show end to end, its clean exit on Ctrl-C, and its arithmetic.
+
+The end-to-end tests run the demo as a user would (a subprocess, short measurements) and
+check the report a person reads, the figures it writes with ``--json``, and that nothing it
+made is left: no namespace with its prefix, no lab record, no ratbond process, no secret.
+The failover-gap arithmetic is pure and tested without root.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ratbond.lab.demo import Gap, _failover_line, _sample, failover_gap
+from ratbond.lab.netns import list_namespaces
+from ratbond.lab.state import state_path
+
+SRC = Path(__file__).resolve().parents[2] / "src"
+MBIT = 1e6
+
+
+def _demo(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    """``ratbond demo`` from this checkout, whatever the installed copy is."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(SRC), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    return subprocess.Popen([sys.executable, "-m", "ratbond", "demo", *args], env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, **kwargs)
+
+
+def _nothing_left(prefix: str, name: str, workdir: str | None) -> None:
+    assert list_namespaces(prefix) == []
+    assert not state_path(name).exists()
+    assert not (state_path(name).parent / name).exists()
+    if workdir is not None:
+        assert not Path(workdir).exists()
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                text = cmdline.read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            assert workdir not in text, f"a process of the demo survived: {text!r}"
+
+
+def _number(pattern: str, text: str) -> float:
+    match = re.search(pattern, text)
+    assert match, f"no {pattern!r} in the report:\n{text}"
+    return float(match.group(1))
+
+
+# ----- end to end (root) ----------------------------------------------------------------------
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_demo_reports_links_bond_and_failover_and_leaves_nothing(tmp_path: Path) -> None:
+    figures_path = tmp_path / "demo.json"
+    proc = _demo("--seconds", "1", "--json", str(figures_path))
+    try:
+        out, err = proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            proc.communicate(timeout=30)
+    assert proc.returncode == 0, f"{out}\n{err}"
+    figures = json.loads(figures_path.read_text())
+
+    # The report a person reads: every section, with figures in it.
+    report = out[out.index("tearing everything down"):]
+    for heading in ("Per-link raw TCP goodput", "Bonded through the tunnel",
+                    "--balance-roundrobin", "Failover"):
+        assert heading in report, report
+    for i in (1, 2, 3):
+        assert _number(rf"wan{i} +\S+ +([\d.]+) \(", report) > 0
+    assert _number(r"8 flows down +([\d.]+) Mbit/s", report) > 0
+    assert _number(r"8 flows up +([\d.]+) Mbit/s", report) > 0
+    assert _number(r"RTT via the tunnel ([\d.]+) ms", report) > 0
+    assert len(re.findall(r"gap [\d.]+ s, path left the bond after [\d.]+ s, "
+                          r"rejoined [\d.]+ s after the restore", report)) == 2, report
+    assert "nothing was left behind" in report
+
+    # The same figures as data, within what the emulated links allow.
+    links, bond = figures["links"], figures["bond"]
+    assert [round(f["rtt_ms"] / 40) for f in links] == [1, 2, 3]  # 20/40/60 ms one way
+    link_sum = sum(f["down_mbit"] for f in links)
+    assert 0 < bond["down_mbit"] < 1.1 * link_sum
+    assert bond["up_mbit"] > 0 and bond["down_1flow_mbit"] > 0
+    assert bond["rtt_ms"] > min(f["rtt_ms"] for f in links)
+    assert figures["roundrobin"]["down_mbit"] > 0 and figures["roundrobin"]["up_mbit"] > 0
+    runs = {run["kind"]: run for run in figures["failover"]}
+    assert set(runs) == {"blackhole", "wan-down"}
+    for run in runs.values():
+        assert run["gap_s"] is not None and run["gap_s"] >= 0
+        assert run["baseline_mbit"] > 0
+        assert run["rejoined_after_s"] is not None and run["rejoined_after_s"] < 3
+    # A silent link leaves only when the liveness timer says so; a link going down at once.
+    dead_after = figures["tunnel"]["dead_after_s"]
+    assert dead_after - 0.5 < runs["blackhole"]["left_after_s"] < dead_after + 1.5
+    assert runs["wan-down"]["left_after_s"] < 1.0
+
+    lab = figures["lab"]
+    _nothing_left(lab["prefix"], lab["name"], figures["tunnel"]["workdir"])
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_ctrl_c_while_the_tunnel_runs_removes_everything() -> None:
+    proc = _demo("--seconds", "1")
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("[4/"):  # the tunnel is up and measuring
+                break
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+    text = "".join(lines) + rest
+    assert proc.returncode == 130, f"{text}\n{err}"
+    assert "tearing everything down" in text
+    prefix = re.search(r"namespaces (\S+)\*", text)
+    name = re.search(r"lab '([^']+)'", text)
+    workdir = re.search(r"secret made for this run in (\S+)/secret", text)
+    assert prefix and name and workdir, text
+    _nothing_left(prefix.group(1), name.group(1), workdir.group(1))
+
+
+# ----- failover arithmetic (no root) ----------------------------------------------------------
+
+
+def _timeline(rates_mbit: list[float], step: float = 0.1) -> list[tuple[float, float, float]]:
+    return [(k * step, (k + 1) * step, r * MBIT) for k, r in enumerate(rates_mbit)]
+
+
+def test_gap_is_the_stall_after_the_cut_measured_against_the_median_before() -> None:
+    rates = [10.0] * 20 + [0.0] * 7 + [0.5] * 3 + [9.0] * 10  # cut at 2.0 s
+    gap = failover_gap(_timeline(rates), cut_at=2.0)
+    assert gap is not None
+    assert gap.seconds == pytest.approx(1.0)   # 0.5 Mbit/s is still under 10 % of 10
+    assert gap.starts_after_cut == pytest.approx(0.0)
+    assert gap.baseline_mbit == pytest.approx(10.0)
+
+
+def test_a_warm_up_stall_before_the_cut_is_not_the_failover_gap() -> None:
+    rates = [0.0] * 8 + [10.0] * 12 + [10.0] * 3 + [0.0] * 4 + [10.0] * 5
+    gap = failover_gap(_timeline(rates), cut_at=2.0)
+    assert gap is not None
+    assert gap.seconds == pytest.approx(0.4)
+    assert gap.starts_after_cut == pytest.approx(0.3)
+
+
+def test_a_stall_spanning_the_cut_counts_from_its_start() -> None:
+    rates = [10.0] * 18 + [0.0] * 6 + [10.0] * 6
+    gap = failover_gap(_timeline(rates), cut_at=2.0)
+    assert gap is not None
+    assert (gap.seconds, gap.starts_after_cut, gap.baseline_mbit) == pytest.approx(
+        (0.6, -0.2, 10.0))
+
+
+def test_seamless_failover_is_a_zero_gap_and_no_baseline_is_none() -> None:
+    assert failover_gap(_timeline([10.0] * 30), cut_at=2.0) == Gap(0.0, 0.0, 10.0)
+    assert failover_gap(_timeline([10.0] * 30), cut_at=0.05) is None
+    assert failover_gap(_timeline([0.0] * 30), cut_at=2.0) is None
+    assert failover_gap([], cut_at=2.0) is None
+
+
+@given(before=st.lists(st.floats(1.0, 100.0), min_size=1, max_size=30),
+       stall=st.integers(0, 40), after=st.lists(st.floats(1.0, 100.0), max_size=30))
+def test_a_stall_inserted_after_the_cut_is_found_exactly(before: list[float], stall: int,
+                                                         after: list[float]) -> None:
+    cut_at = len(before) * 0.1
+    gap = failover_gap(_timeline(before + [0.0] * stall + after), cut_at)
+    assert gap is not None
+    # Rates of at least 1 Mbit/s stay above 10 % of a median of at most 100 only when the
+    # median is below 10: otherwise they may join the stall; never shorter, though.
+    assert gap.seconds >= stall * 0.1 - 1e-9
+    if max(before + after) < 10 * min(before + after):
+        assert gap.seconds == pytest.approx(stall * 0.1)
+        assert gap.starts_after_cut == pytest.approx(0.0)
+
+
+def test_status_samples_add_up_the_paths_of_one_wan() -> None:
+    sample = _sample({"t": 5.0, "paths": [["wan1", "up", 100], ["wan1", "down", 50],
+                                           ["wan2", "down", 7]]})
+    assert sample.t == 5.0
+    assert sample.up == frozenset({"wan1"})
+    assert sample.rx_bytes == {"wan1": 150, "wan2": 7}
+
+
+def test_failover_line_says_never_when_a_path_did_not_move() -> None:
+    line = _failover_line({"kind": "blackhole", "wan": "wan2", "gap_s": None,
+                           "left_after_s": None, "rejoined_after_s": 0.25})
+    assert line.startswith("wan2 blackholed")
+    assert "gap n/a" in line and "left the bond never" in line
+    assert "rejoined 0.2 s after the restore" in line
