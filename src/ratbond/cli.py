@@ -64,9 +64,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--http-listen-addr", metavar="HOST:PORT", default=_S,
                    help=f"status page and /metrics, or 'disable' (default {DEFAULT_HTTP_LISTEN})")
     p.add_argument("--hello-interval", metavar="SECONDS", default=_S,
-                   help="HELLO period on every path (default 2)")
+                   help="HELLO period on every path (default 0.5)")
     p.add_argument("--dead-after", metavar="SECONDS", default=_S,
-                   help="a path silent this long is dead (default 10)")
+                   help="a path silent this long is dead (default 2; the Go original used 10)")
     p.add_argument("--kcp-engine", choices=("auto", "python", "c"), default=_S,
                    help="KCP implementation: c (reference ikcp, if installed) or python "
                         "(default auto)")

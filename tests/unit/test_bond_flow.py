@@ -15,7 +15,8 @@ V6_A = bytes.fromhex("20010db8000000000000000000000001")
 V6_B = bytes.fromhex("20010db8000000000000000000000002")
 
 
-def ipv4(proto: int, payload: bytes, *, ihl: int = 5, frag: int = 0, src: bytes = V4_A) -> bytes:
+def ipv4(proto: int, payload: bytes, *, ihl: int = 5, frag: int = 0, src: bytes = V4_A,
+         dst: bytes = V4_B) -> bytes:
     options = bytes((ihl - 5) * 4)
     header = struct.pack(
         ">BBHHHBBH4s4s",
@@ -28,13 +29,13 @@ def ipv4(proto: int, payload: bytes, *, ihl: int = 5, frag: int = 0, src: bytes 
         proto,
         0,
         src,
-        V4_B,
+        dst,
     )
     return header + options + payload
 
 
-def ipv6(next_header: int, payload: bytes, src: bytes = V6_A) -> bytes:
-    header = struct.pack(">IHBB16s16s", 0x60000000, len(payload), next_header, 64, src, V6_B)
+def ipv6(next_header: int, payload: bytes, src: bytes = V6_A, dst: bytes = V6_B) -> bytes:
+    header = struct.pack(">IHBB16s16s", 0x60000000, len(payload), next_header, 64, src, dst)
     return header + payload
 
 
@@ -49,6 +50,19 @@ def test_ipv4_tcp_and_udp_are_keyed_by_five_tuple() -> None:
     assert a != flow_key(ipv4(6, ports(1000, 81)))
     assert a != flow_key(ipv4(17, ports(1000, 80)))
     assert a != flow_key(ipv4(6, ports(1000, 80), src=V4_B))
+
+
+def test_a_packet_and_its_reply_share_a_key() -> None:
+    """Data one way and ACKs the other way must ride one path, or a flow depends on two."""
+    assert flow_key(ipv4(6, ports(1000, 80))) == flow_key(
+        ipv4(6, ports(80, 1000), src=V4_B, dst=V4_A))
+    assert flow_key(ipv6(17, ports(5000, 53))) == flow_key(
+        ipv6(17, ports(53, 5000), src=V6_B, dst=V6_A))
+    assert flow_key(ipv4(1, bytes(8))) == flow_key(ipv4(1, bytes(8), src=V4_B, dst=V4_A))
+    assert flow_key(ipv6(58, bytes(8))) == flow_key(ipv6(58, bytes(8), src=V6_B, dst=V6_A))
+    # ...while the two directions of *different* port pairs stay apart.
+    assert flow_key(ipv4(6, ports(1000, 80))) != flow_key(
+        ipv4(6, ports(1000, 80), src=V4_B, dst=V4_A))
 
 
 def test_ipv4_options_are_skipped_to_find_the_ports() -> None:

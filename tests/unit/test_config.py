@@ -60,7 +60,7 @@ def test_defaults_are_safe() -> None:
     s = server_settings({}, {})
     assert s.http_listen == HostPort("127.0.0.1", 8091)  # status is not public by default
     assert s.secret is None and not s.aes
-    assert s.dead_after == 10.0 and s.hello_interval == 2.0
+    assert s.dead_after == 2.0 and s.hello_interval == 0.5
 
 
 def test_mtu_budget_fits_a_1500_byte_wan_without_fragmentation() -> None:
@@ -84,6 +84,7 @@ def test_mtu_budget_fits_a_1500_byte_wan_without_fragmentation() -> None:
         ({"http-listen-addr": "localhost"}, "--http-listen-addr: 'localhost' has no port"),
         ({"balance": "random"}, "--balance: 'random' is not one of consistent, roundrobin"),
         ({"dead-after": "1", "hello-interval": "2"}, "--dead-after: 1 s must be at least twice"),
+        ({"dead-after": "0.8"}, "--dead-after: 0.8 s must be at least twice --hello-interval"),
         ({"dead-after": "soon"}, "--dead-after: 'soon' is not a duration"),
         ({"kcp-window": "8"}, "--kcp-window: 8 is outside the allowed range 32..65535"),
         ({"tun-name": "x"}, "--tun-name: not a server setting"),

@@ -7,8 +7,11 @@ keyed by the address pair alone and all pieces of a datagram travel together.  A
 that does not parse gets its address pair when the header is there, else one fixed key:
 the scheduler still needs an answer and a peer (or a local bug) must never raise here.
 
-Keys are short ``bytes`` (hashable, cheap to slice) tagged with a kind byte, so the key
-spaces of the cases never collide.
+Keys are symmetric: a packet and its reply (source and destination swapped) get the same
+key, so a download's data and the ACKs going the other way ride the same path when both
+ends hash onto the same path set -- otherwise a flow would stall when *either* of two paths
+dies.  Keys are short ``bytes`` (hashable, cheap to slice) tagged with a kind byte, so the
+key spaces of the cases never collide.
 """
 
 from __future__ import annotations
@@ -58,8 +61,10 @@ def _ipv4_key(packet: bytes) -> bytes:
         and size >= header + 4
         and not (packet[6] & 0x3F or packet[7])
     ):
-        return _KIND_V4_PORTS + packet[9:10] + packet[12:20] + packet[header : header + 4]
-    return _KIND_V4_PAIR + packet[12:20]
+        source = packet[12:16] + packet[header : header + 2]
+        destination = packet[16:20] + packet[header + 2 : header + 4]
+        return _KIND_V4_PORTS + packet[9:10] + _ordered(source, destination)
+    return _KIND_V4_PAIR + _ordered(packet[12:16], packet[16:20])
 
 
 def _ipv6_key(packet: bytes) -> bytes:
@@ -71,7 +76,9 @@ def _ipv6_key(packet: bytes) -> bytes:
     for _ in range(_MAX_EXTENSIONS):
         if proto in (_TCP, _UDP):
             if size >= offset + 4:
-                return _KIND_V6_PORTS + bytes((proto,)) + packet[8:40] + packet[offset : offset + 4]
+                source = packet[8:24] + packet[offset : offset + 2]
+                destination = packet[24:40] + packet[offset + 2 : offset + 4]
+                return _KIND_V6_PORTS + bytes((proto,)) + _ordered(source, destination)
             break
         if proto == _FRAGMENT or size < offset + 8:
             break
@@ -83,4 +90,9 @@ def _ipv6_key(packet: bytes) -> bytes:
             break  # ICMPv6, ESP, no next header, unknown: by address pair
         proto = packet[offset]
         offset += length
-    return _KIND_V6_PAIR + packet[8:40]
+    return _KIND_V6_PAIR + _ordered(packet[8:24], packet[24:40])
+
+
+def _ordered(a: bytes, b: bytes) -> bytes:
+    """Both endpoints in a fixed order, so either direction of a flow gives one key."""
+    return a + b if a <= b else b + a

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ratbond.config import CommonSettings
 from ratbond.lab.bonded import CLIENT_STATUS_PORT, SERVER_TUNNEL_IP, BondedTunnel, TunnelError
 from ratbond.lab.measure import MeasureError, iperf3, iperf3_server, ping_rtt
 from ratbond.lab.netns import Namespace, NetnsError, list_namespaces, stop_process
@@ -38,8 +39,9 @@ DEFAULT_LINKS = "30/10:20ms,20:40ms,10:60ms:1%"
 BOND_FLOWS = 8
 # Faster liveness than the CLI defaults (HELLO 2 s, dead after 10 s), on both ends: a
 # silently dead link then leaves the bond within seconds, which the failover step shows.
-HELLO_INTERVAL = 0.5
-DEAD_AFTER = 3.0
+# The liveness defaults of `ratbond server/client` (config.CommonSettings), shown in the report.
+HELLO_INTERVAL = CommonSettings.hello_interval
+DEAD_AFTER = CommonSettings.dead_after
 # Failover timeline (seconds): goodput settles, the link is cut, held down a moment after
 # it left, restored, and the transfer runs on long enough to show the recovery.
 FAILOVER_WARMUP = 2.0
@@ -201,8 +203,8 @@ def _start_tunnel(ctx: DemoContext, extra: Sequence[str]) -> float:
     """
     lab = ctx.require_lab()
     workdir = _workdir(ctx)
-    liveness = [f"--hello-interval={HELLO_INTERVAL:g}", f"--dead-after={DEAD_AFTER:g}"]
-    args = ["--aes", f"--secret-file={workdir / 'secret'}", *liveness, *extra]
+    # Liveness flags are left at their defaults: the demo shows what a user gets.
+    args = ["--aes", f"--secret-file={workdir / 'secret'}", *extra]
     tunnel = BondedTunnel(lab.server, lab.client, lab.server_public_ip, server_args=args,
                           client_args=args, log_dir=workdir)
     ctx.tunnel = tunnel

@@ -30,9 +30,10 @@ def _port_listening(ns: Namespace, port: int, udp: bool = False) -> bool:
 
 
 def free_port(ns: Namespace) -> int:
-    """A TCP port nothing listens on inside ``ns`` (namespaces start empty)."""
+    """A TCP port nothing listens on inside ``ns``, below the ephemeral range (32768+) so
+    short-lived client connections (status pollers) cannot be holding it."""
     for _ in range(50):
-        port = random.randint(20000, 60000)
+        port = random.randint(20000, 32767)
         if not _port_listening(ns, port):
             return port
     raise MeasureError(f"no free port found in {ns.name}")
