@@ -8,8 +8,9 @@ single netlink changes, and turns differences into events.  It never reads a clo
 touches netlink; :mod:`ratbond.linux.netlink` is the I/O half.
 
 Losing a WAN is reported at once (the bond must stop using it now); gaining one waits
-until it has been stable for ``debounce`` seconds, and that hold-down doubles with every
-flap (up to ``max_holddown``), so a flapping link produces a handful of events, not a storm.
+until it has been stable for ``debounce`` seconds (a link that went down once is back
+within ~0.1 s), and that hold-down doubles with every further flap (up to
+``max_holddown``), so a flapping link produces a handful of events, not a storm.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class WanTable:
     """Current WAN links computed from link, address and route snapshots."""
 
     def __init__(self, *, include: Sequence[str] = (), exclude: Sequence[str] = (),
-                 ignore_devices: Sequence[str] = (), debounce: float = 0.3,
+                 ignore_devices: Sequence[str] = (), debounce: float = 0.1,
                  max_holddown: float = 10.0, flap_decay: float = 30.0) -> None:
         if debounce < 0 or max_holddown < debounce or flap_decay <= 0:
             raise WanTableError("need 0 <= debounce <= max_holddown and flap_decay > 0")
@@ -292,7 +293,8 @@ class WanTable:
         penalty, last = self._flaps.get(key, (0, now))
         if now - last >= self._flap_decay:
             penalty = 0
-        return min(self._debounce * 2.0 ** min(penalty, 30), self._max_holddown)
+        # The first flap costs only the debounce; every further one doubles the hold-down.
+        return min(self._debounce * 2.0 ** min(max(penalty - 1, 0), 30), self._max_holddown)
 
     def _record_flap(self, key: _Key, now: float) -> None:
         penalty, last = self._flaps.get(key, (0, now))
