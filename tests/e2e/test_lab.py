@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -304,18 +303,3 @@ def test_cli_bad_links_are_named(bad: str) -> None:
     assert result.returncode == 2
     assert "argument --links" in result.stderr and repr(bad) in result.stderr
     assert not state_path("rbtest-bad").exists()
-
-
-@pytest.mark.slow
-def test_demo_reports_links_and_cleans_up() -> None:
-    demo = subprocess.Popen([sys.executable, "-m", "ratbond", "demo", "--seconds", "1",
-                             "--links", "20:5ms,10/5:10ms"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    out, err = demo.communicate(timeout=60)
-    assert demo.returncode == 0, err
-    assert "[1/2] bring up a lab" in out and "[2/2] measure each link" in out
-    table = [line.split() for line in out.splitlines() if line.startswith("  wan")]
-    assert [row[:2] for row in table] == [["wan1", "20:5ms"], ["wan2", "10/5:10ms"]]
-    assert 12.0 <= float(table[0][2]) <= 20.0  # down goodput, Mbit/s, of 20
-    ours = re.compile(rf"rb{demo.pid % 100000}[0-9a-f]{{4}}-")  # netns.unique_prefix()
-    assert [n for n in list_namespaces("rb") if ours.match(n)] == []
