@@ -15,9 +15,10 @@ tunnel while one link fails and comes back in one of three ways:
   stay): only the paths' own HELLO liveness can notice; measured with the defaults and
   with faster ``--hello-interval/--dead-after`` settings.
 
-A small poller inside each namespace reads the status JSON every 20 ms and logs path
-states with wall-clock timestamps (the same clock in every namespace), so "left the bond"
-and "rejoined" are measured at both ends. The netlink cut and route deletion are issued
+A poller inside each namespace (``ratbond.lab.failover.StatusPoller``) reads the status
+JSON every 20 ms and stamps the path states with the wall clock (the same in every
+namespace, and that of the log lines), so "left the bond" and "rejoined" are measured at
+both ends. The netlink cut and route deletion are issued
 through a netlink socket opened beforehand inside the client namespace, so the event time
 is exact to a millisecond. From iperf3's 0.1 s intervals: the longest run of intervals
 below 10 % of the median goodput before the event (the aggregate gap), the same per flow
@@ -33,13 +34,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import random
 import re
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -55,7 +52,18 @@ from ratbond.lab.bonded import (
     SERVER_TUNNEL_IP,
     BondedTunnel,
 )
-from ratbond.lab.netns import Namespace, stop_process
+from ratbond.lab.failover import (
+    GAP_FRACTION,
+    Interval,
+    Sample,
+    StatusPoller,
+    Transfer,
+    count_drops,
+    goodput_after_cut,
+    leave_and_rejoin,
+    parse_intervals,
+    path_id_on,
+)
 from ratbond.lab.spec import LinkSpec, parse_links
 from ratbond.lab.topology import Lab, isp_address, table_id
 
@@ -70,7 +78,8 @@ TAIL = 1.5                    # transfer running after the rejoin
 PATH_DOWN = re.compile(r"path \d+ down: ")  # both ends log every PathDown like this
 LEAVE_TARGET_MS = 100.0
 GAP_TARGET_S = {"netlink": 0.5, "route": 0.5, "blackhole": 2.0}
-GAP_FRACTION = 0.10           # an interval below this share of the median is "no goodput"
+FLOWS = 4                     # parallel iperf3 flows: with hashing, some avoid the cut link
+SETTLE = 1.0                  # intervals before this are slow start: not in the reference
 
 # Liveness settings (passed to both ends): name -> (hello s, dead-after s).
 # "2/10" is the original's (and, when this was written, ratbond's) default.
@@ -79,84 +88,27 @@ SETTINGS: dict[str, tuple[float, float]] = {"2/10": (2.0, 10.0), "1/3": (1.0, 3.
 # The two most aggressive: a setting that does not flap vouches for every slower one.
 FLAP_SETTINGS = ("0.5/2", "0.25/1")
 
-# Runs inside a namespace: one JSON line per change of the set of live paths.
-_POLLER = r"""
-import json, sys, time, urllib.request
-url, interval = sys.argv[1], float(sys.argv[2])
-last, previous = object(), time.time()
-while True:
-    start = time.time()
-    try:
-        with urllib.request.urlopen(url, timeout=1) as reply:
-            paths = json.load(reply).get("paths", [])
-        up = sorted(p["path_id"] for p in paths if p.get("state") == "up")
-        wans = {str(p["path_id"]): p.get("wan") for p in paths}
-    except Exception as exc:
-        up, wans = None, {"error": str(exc)}
-    seen = time.time()
-    if up != last:
-        print(json.dumps({"t": seen, "prev": previous, "up": up, "wans": wans}), flush=True)
-        last = up
-    previous = seen
-    time.sleep(max(0.0, interval - (time.time() - start)))
-"""
-
 
 def _log(text: str) -> None:
     print(text, flush=True)
 
 
-# ----- observation: pollers and the transfer -------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sample:
-    """The set of live paths first seen at ``t``; ``prev`` is the poll before it."""
-
-    t: float
-    prev: float
-    up: frozenset[int] | None
-    wans: dict[str, Any]
-
-
-class Poller:
-    """A status poller inside one namespace, logging to a file until stopped."""
-
-    def __init__(self, ns: Namespace, port: int, path: Path) -> None:
-        self.path = path
-        with path.open("wb") as out:
-            self.proc = ns.popen(sys.executable, "-c", _POLLER,
-                                 f"http://127.0.0.1:{port}/status.json", str(POLL_INTERVAL),
-                                 stdout=out, stderr=subprocess.DEVNULL)
-
-    def samples(self) -> list[Sample]:
-        # complete lines only: the poller may be writing the last one right now
-        lines = self.path.read_text().split("\n")[:-1]
-        rows = [json.loads(line) for line in lines if line]
-        return [Sample(r["t"], r["prev"], None if r["up"] is None else frozenset(r["up"]),
-                       r["wans"]) for r in rows]
-
-    def current(self) -> frozenset[int] | None:
-        found = self.samples()
-        return found[-1].up if found else None
-
-    def stop(self) -> None:
-        stop_process(self.proc)
+# ----- observation: pollers ------------------------------------------------------------
 
 
 @contextlib.contextmanager
-def pollers(lab: Lab, workdir: Path) -> Iterator[tuple[Poller, Poller]]:
-    """Client and server pollers, running (first state logged) until the block ends."""
-    started: list[Poller] = []
+def pollers(lab: Lab) -> Iterator[tuple[StatusPoller, StatusPoller]]:
+    """Client and server pollers on the wall clock (that of the log stamps), running
+    (first state read) until the block ends."""
+    started: list[StatusPoller] = []
     try:
-        for ns, port, name in ((lab.client, CLIENT_STATUS_PORT, "client"),
-                               (lab.server, SERVER_STATUS_PORT, "server")):
-            started.append(Poller(ns, port, workdir / f"poll-{name}.jsonl"))
-        _wait(lambda: all(p.current() is not None for p in started), 10, "pollers running")
+        for ns, port in ((lab.client, CLIENT_STATUS_PORT), (lab.server, SERVER_STATUS_PORT)):
+            started.append(StatusPoller(ns, port, period=POLL_INTERVAL, clock="wall"))
+        _wait(lambda: all(p.latest() is not None for p in started), 10, "pollers running")
         yield started[0], started[1]
     finally:
         for poller in started:
-            poller.stop()
+            poller.close()
 
 
 def listen_port() -> int:
@@ -174,39 +126,6 @@ def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> bool:
         time.sleep(0.01)
     _log(f"  ! {what}: not within {timeout:g} s")
     return False
-
-
-@dataclass
-class Transfer:
-    """``iperf3 [-R] -P flows -i 0.1 --json`` from the client namespace, output to a file."""
-
-    proc: subprocess.Popen[bytes]
-    out: Path
-    launched: float       # wall clock just before launch: the origin of iperf3's timeline
-    seconds: float
-
-    @classmethod
-    def start(cls, ns: Namespace, port: int, seconds: float, out: Path, *, flows: int = 4,
-              reverse: bool = True) -> Transfer:
-        argv = ["iperf3", "-c", SERVER_TUNNEL_IP, "-p", str(port), "-t", f"{seconds:g}",
-                "-P", str(flows), "-i", "0.1", "--json", "--connect-timeout", "5000",
-                *(["-R"] if reverse else [])]
-        launched = time.time()
-        with out.open("wb") as handle:
-            proc = ns.popen(*argv, stdout=handle, stderr=subprocess.STDOUT)
-        return cls(proc, out, launched, seconds)
-
-    def finish(self) -> tuple[int, dict[str, Any]]:
-        """Exit code and JSON (``{"error": ...}`` when there is none)."""
-        try:
-            code = self.proc.wait(self.seconds + 30)
-        except subprocess.TimeoutExpired:
-            code = stop_process(self.proc)
-        try:
-            raw: dict[str, Any] = json.loads(self.out.read_text())
-        except ValueError:
-            raw = {"error": "no JSON: " + self.out.read_text()[-300:]}
-        return code, raw
 
 
 # ----- events --------------------------------------------------------------------------
@@ -242,19 +161,12 @@ def make_event(kind: str, link: int, lab: Lab, ipr: IPRoute) -> Event:
     raise ValueError(f"unknown event kind {kind!r}")
 
 
-def _first(samples: Sequence[Sample], after: float,
-           holds: Callable[[frozenset[int]], bool]) -> Sample | None:
-    return next((s for s in samples if s.t >= after and s.up is not None and holds(s.up)),
-                None)
-
-
 def _path_of_link(samples: Sequence[Sample], link: int) -> int:
     """The client's path id on wan<link> (stable across leave/rejoin)."""
-    for sample in samples:
-        for path_id, wan in sample.wans.items():
-            if wan == f"wan{link}":
-                return int(path_id)
-    raise RuntimeError(f"no path on wan{link} in the client's status")
+    path_id = path_id_on(samples, f"wan{link}")
+    if path_id is None:
+        raise RuntimeError(f"no path on wan{link} in the client's status")
+    return path_id
 
 
 def _ms(sample: Sample | None, since: float) -> float | None:
@@ -275,7 +187,8 @@ class Marks:
     restored: float     # the restore command has returned: the link is whole again
 
 
-def drive(event: Event, path_id: int, pollers_: tuple[Poller, Poller], transfer: Transfer,
+def drive(event: Event, path_id: int, pollers_: tuple[StatusPoller, StatusPoller],
+          transfer: Transfer,
           *, hello: float, dead: float) -> Marks:
     """Cut after the warm-up, wait until both ends dropped the path, hold, restore, wait
     until both ends have it back."""
@@ -285,21 +198,24 @@ def drive(event: Event, path_id: int, pollers_: tuple[Poller, Poller], transfer:
     t_cut_done = time.time()
 
     def gone() -> bool:
-        states = [p.current() for p in pollers_]
-        return all(state is not None and path_id not in state for state in states)
+        states = [p.latest() for p in pollers_]
+        return all(s is not None and path_id not in s.up_paths for s in states)
+
+    def back() -> bool:
+        states = [p.latest() for p in pollers_]
+        return all(s is not None and path_id in s.up_paths for s in states)
 
     _wait(gone, dead + hello + 5, f"{event.kind}: path {path_id} leaving")
     time.sleep(HOLD)
     t_restore_start = time.time()
     event.restore()
     t_restore = time.time()
-    _wait(lambda: all(path_id in (p.current() or ()) for p in pollers_), hello * 2 + 5,
-          f"{event.kind}: path {path_id} rejoining")
-    time.sleep(0.2)   # the pollers log the state that follows, if any
+    _wait(back, hello * 2 + 5, f"{event.kind}: path {path_id} rejoining")
+    time.sleep(0.2)   # the pollers read the state that follows, if any
     return Marks(transfer.launched, t_event, t_cut_done, t_restore_start, t_restore)
 
 
-def run_event(lab: Lab, tunnel: BondedTunnel, kind: str, workdir: Path, *, setting: str,
+def run_event(lab: Lab, tunnel: BondedTunnel, kind: str, *, setting: str,
               link: int) -> dict[str, Any]:
     """One event on ``link`` under a running transfer; timings (ms) and the goodput
     analysis."""
@@ -308,16 +224,16 @@ def run_event(lab: Lab, tunnel: BondedTunnel, kind: str, workdir: Path, *, setti
     seconds = round(WARMUP + expect_leave + HOLD + 1.0 + hello + TAIL)
     tunnel.wait_paths_up(len(lab.links), timeout=20)
     status_before = (tunnel.client_status(), tunnel.server_status())
-    with pollers(lab, workdir) as (client, server), \
+    with pollers(lab) as (client, server), \
             IPRoute(netns=lab.client.name) as ipr, \
             iperf3_server(lab.server, port=listen_port()) as port:
         event = make_event(kind, link, lab, ipr)
         path_id = _path_of_link(client.samples(), link)
-        transfer = Transfer.start(lab.client, port, seconds, workdir / f"{kind}.json")
+        transfer = Transfer.start(lab.client, SERVER_TUNNEL_IP, port, seconds, flows=FLOWS)
         try:
             marks = drive(event, path_id, (client, server), transfer, hello=hello, dead=dead)
         except BaseException:
-            stop_process(transfer.proc)
+            transfer.stop()
             raise
         code, raw = transfer.finish()
         # iperf3's clock starts once its flows are connected, after the launch: its
@@ -343,12 +259,20 @@ def run_event(lab: Lab, tunnel: BondedTunnel, kind: str, workdir: Path, *, setti
         "marker_skew_bound_s": round(skew, 3),
         "drops_during_run": changed,
     }
-    row.update(goodput_analysis(raw.get("intervals", []), marks.event - marks.launched,
-                                skew))
+    intervals = _intervals(raw, row)
+    row.update(goodput_analysis(intervals, marks.event - marks.launched, skew))
     row["targets"] = verdict(row)
-    row["timeline"] = [(round(i["sum"]["end"], 2), mbit(i["sum"]["bits_per_second"]))
-                       for i in raw.get("intervals", [])]
+    row["timeline"] = [(round(i.end, 2), mbit(i.bits_per_second)) for i in intervals]
     return row
+
+
+def _intervals(raw: dict[str, Any], row: dict[str, Any]) -> list[Interval]:
+    """iperf3's intervals; a report that does not parse is recorded as the run's error."""
+    try:
+        return parse_intervals(raw)
+    except ValueError as exc:
+        row["iperf3_error"], row["survived"] = str(exc), False
+        return []
 
 
 def drop_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
@@ -379,17 +303,12 @@ def path_timings(samples: dict[str, list[Sample]], logs: dict[str, list[tuple[fl
     out: dict[str, Any] = {}
     resolution = 0.0
     for role in ("client", "server"):
-        for name, since, state in (("leave", marks.event, "down"),
-                                   ("rejoin", marks.restored, "up")):
-            want_up = state == "up"
-
-            def reached(up: frozenset[int], want_up: bool = want_up) -> bool:
-                return (path_id in up) == want_up
-
-            seen = _first(samples[role], since, reached)
+        moves = leave_and_rejoin(samples[role], lambda s: path_id in s.up_paths,
+                                 marks.event, marks.restored)
+        resolution = max(resolution, moves.resolution)
+        for name, seen, since, state in (("leave", moves.left, marks.event, "down"),
+                                         ("rejoin", moves.rejoined, marks.restored, "up")):
             out[f"{name}_{role}_ms"] = _ms(seen, since)
-            if seen is not None:
-                resolution = max(resolution, seen.t - seen.prev)
             logged = next((t for t, what in logs[role] if t >= since - 0.001 and what == state),
                           None)
             out[f"{name}_{role}_log_ms"] = (None if logged is None
@@ -398,53 +317,31 @@ def path_timings(samples: dict[str, list[Sample]], logs: dict[str, list[tuple[fl
     return out
 
 
-# ----- goodput analysis (pure) -----------------------------------------------------------
+# ----- goodput analysis (pure: ratbond.lab.failover) ------------------------------------
 
 
-def _longest_run(values: Sequence[tuple[float, float]], threshold: float) -> float:
-    """Longest total duration of consecutive (seconds, rate) entries with rate < threshold."""
-    best = run = 0.0
-    for seconds, rate in values:
-        run = run + seconds if rate < threshold else 0.0
-        best = max(best, run)
-    return round(best, 2)
-
-
-def goodput_analysis(intervals: Sequence[dict[str, Any]], event_at: float,
+def goodput_analysis(intervals: Sequence[Interval], event_at: float,
                      skew: float = 0.0) -> dict[str, Any]:
-    """Gap, dip and per-flow stall from the event on.
+    """Gap, dip and per-flow stall from the event on, rounded for the table and JSON.
 
     ``event_at`` is the event on the launch clock; on iperf3's own clock it lies up to
-    ``skew`` earlier, so the reference (median interval from 1 s, slow start over) ends
-    ``skew`` before it, and the analysis starts there too. Intervals shorter than 50 ms
-    (iperf3's last, partial one) are left out.
+    ``skew`` earlier, so the reference (median interval from ``SETTLE``, slow start over)
+    ends ``skew`` before it, and the analysis starts there too.
     """
-    full = [i for i in intervals if i["sum"]["seconds"] >= 0.05]
-    start = event_at - max(0.0, skew)
-    before = [i for i in full if i["sum"]["start"] >= 1.0 and i["sum"]["end"] <= start]
-    after = [i for i in full if i["sum"]["end"] > start]
-    if not before or not after:
+    found = goodput_after_cut(intervals, event_at - max(0.0, skew), fraction=GAP_FRACTION,
+                              settle=SETTLE)
+    if found is None:
         return {"median_before_mbit": None, "gap_s": None, "dip": None, "flow_stall_s": None}
-    median = statistics.median(i["sum"]["bits_per_second"] for i in before)
-    sums = [(i["sum"]["seconds"], i["sum"]["bits_per_second"]) for i in after]
-    stalls = []
-    for k in range(len(after[0]["streams"])):
-        ref = statistics.median(i["streams"][k]["bits_per_second"] for i in before)
-        stalls.append(_longest_run([(i["streams"][k]["seconds"],
-                                     i["streams"][k]["bits_per_second"]) for i in after],
-                                   GAP_FRACTION * ref))
-    return {"median_before_mbit": mbit(median),
-            "gap_s": _longest_run(sums, GAP_FRACTION * median),
-            "dip": round(min(rate for _s, rate in sums) / median, 3) if median else None,
-            "flow_stall_s": max(stalls),
-            "mean_after_mbit": mbit(statistics.fmean(rate for _s, rate in sums))}
+    return {"median_before_mbit": round(found.baseline_mbit, 2),
+            "gap_s": round(found.gap_s, 2), "dip": round(found.dip, 3),
+            "flow_stall_s": round(found.flow_stall_s, 2),
+            "mean_after_mbit": round(found.mean_after_mbit, 2)}
 
 
 # ----- flap check --------------------------------------------------------------------------
 
 
-def flap_check(spec: LinkSpec, setting: str, seconds: float, log_dir: Path,
-               workdir: Path) -> dict[str, Any]:
+def flap_check(spec: LinkSpec, setting: str, seconds: float, log_dir: Path) -> dict[str, Any]:
     """One link, saturated upstream then downstream (half of ``seconds`` each; a
     simultaneous ``--bidir`` leaves the downstream starved by its own delayed ACKs):
     count PathDown at both ends."""
@@ -454,14 +351,14 @@ def flap_check(spec: LinkSpec, setting: str, seconds: float, log_dir: Path,
     with Lab.up([spec]) as lab, BondedTunnel(lab.server, lab.client, lab.server_public_ip,
                                              args, args, log_dir=log_dir) as tunnel:
         tunnel.start(paths=1)
-        with pollers(lab, workdir) as (client, server):
+        with pollers(lab) as (client, server):
             for direction in ("up", "down"):
                 before, started = lab.counters(1), time.monotonic()
                 # a fresh iperf3 server per phase: over a deep queue the last test's
                 # teardown can outlast its client, and a busy server refuses the next
                 with iperf3_server(lab.server, port=listen_port()) as port:
-                    transfer = Transfer.start(lab.client, port, seconds / 2,
-                                              workdir / f"flap-{direction}.json",
+                    transfer = Transfer.start(lab.client, SERVER_TUNNEL_IP, port,
+                                              seconds / 2, flows=FLOWS,
                                               reverse=direction == "down")
                     code, raw = transfer.finish()
                 used = _link_load(spec, before, lab.counters(1),
@@ -479,7 +376,8 @@ def flap_check(spec: LinkSpec, setting: str, seconds: float, log_dir: Path,
             "hello_s": hello, "dead_after_s": dead,
             "path_down_client_log": len(PATH_DOWN.findall(logs["client"])),
             "path_down_server_log": len(PATH_DOWN.findall(logs["server"])),
-            "flaps_client_status": _drops(csamples), "flaps_server_status": _drops(ssamples),
+            "flaps_client_status": count_drops(csamples),
+            "flaps_server_status": count_drops(ssamples),
             "survived": all(p["survived"] for p in phases.values()), "phases": phases}
 
 
@@ -496,16 +394,6 @@ def _link_load(spec: LinkSpec, before: dict[str, Any], after: dict[str, Any],
                            "tail_dropped": a["tail_dropped"] - b["tail_dropped"],
                            "lost": a["lost"] - b["lost"]}
     return load
-
-
-def _drops(samples: Sequence[Sample]) -> int:
-    """Times a path seen up was later not up (polled status)."""
-    count, seen = 0, frozenset[int]()
-    for sample in samples:
-        if sample.up is not None:  # a failed read says nothing about the paths
-            count += len(seen - sample.up)
-            seen = sample.up
-    return count
 
 
 # ----- report --------------------------------------------------------------------------
@@ -636,9 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     flaps: list[dict[str, Any]] = []
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ratbond-failover-") as tmp, \
-            Lab.up(links) as lab:
-        workdir = Path(tmp)
+    with Lab.up(links) as lab:
         for setting, events in plan(args.repeat, len(links)):
             hello, dead = SETTINGS[setting]
             tunnel_args = [*SECRET, f"--balance={args.balance}",
@@ -648,14 +534,12 @@ def main(argv: list[str] | None = None) -> int:
                 tunnel.start(paths=len(links))
                 for kind, link in events:
                     _log(f"{kind} on link {link} ({setting}) ...")
-                    rows.append(run_event(lab, tunnel, kind, workdir, setting=setting,
+                    rows.append(run_event(lab, tunnel, kind, setting=setting,
                                           link=link))
-    with tempfile.TemporaryDirectory(prefix="ratbond-flap-") as tmp:
-        for spec in parse_links(args.flap_links) if args.flap_seconds > 0 else []:
-            for setting in FLAP_SETTINGS:
-                _log(f"flap check {spec.to_text()} ({setting}) ...")
-                flaps.append(flap_check(spec, setting, args.flap_seconds, args.log_dir,
-                                        Path(tmp)))
+    for spec in parse_links(args.flap_links) if args.flap_seconds > 0 else []:
+        for setting in FLAP_SETTINGS:
+            _log(f"flap check {spec.to_text()} ({setting}) ...")
+            flaps.append(flap_check(spec, setting, args.flap_seconds, args.log_dir))
     print_table(rows, flaps)
     data = {"bench": "failover", "links": args.links, "balance": args.balance,
             "poll_interval_s": POLL_INTERVAL,

@@ -1,9 +1,10 @@
-"""``ratbond demo``: the whole show end to end, its clean exit on Ctrl-C, and its arithmetic.
+"""``ratbond demo``: the whole show end to end, its clean exit on Ctrl-C, its report lines.
 
 The end-to-end tests run the demo as a user would (a subprocess, short measurements) and
 check the report a person reads, the figures it writes with ``--json``, and that nothing it
 made is left: no namespace with its prefix, no lab record, no ratbond process, no secret.
-The failover-gap arithmetic is pure and tested without root.
+The failover arithmetic they rely on is tested without root in
+``tests/unit/test_lab_failover.py``.
 """
 
 from __future__ import annotations
@@ -19,15 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
-from ratbond.lab.demo import Gap, _failover_line, _sample, failover_gap
+from ratbond.lab.demo import _failover_line
 from ratbond.lab.netns import list_namespaces
 from ratbond.lab.state import state_path
 
 SRC = Path(__file__).resolve().parents[2] / "src"
-MBIT = 1e6
 
 
 def _demo(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
@@ -141,66 +139,7 @@ def test_ctrl_c_while_the_tunnel_runs_removes_everything() -> None:
     _nothing_left(prefix.group(1), name.group(1), workdir.group(1))
 
 
-# ----- failover arithmetic (no root) ----------------------------------------------------------
-
-
-def _timeline(rates_mbit: list[float], step: float = 0.1) -> list[tuple[float, float, float]]:
-    return [(k * step, (k + 1) * step, r * MBIT) for k, r in enumerate(rates_mbit)]
-
-
-def test_gap_is_the_stall_after_the_cut_measured_against_the_median_before() -> None:
-    rates = [10.0] * 20 + [0.0] * 7 + [0.5] * 3 + [9.0] * 10  # cut at 2.0 s
-    gap = failover_gap(_timeline(rates), cut_at=2.0)
-    assert gap is not None
-    assert gap.seconds == pytest.approx(1.0)   # 0.5 Mbit/s is still under 10 % of 10
-    assert gap.starts_after_cut == pytest.approx(0.0)
-    assert gap.baseline_mbit == pytest.approx(10.0)
-
-
-def test_a_warm_up_stall_before_the_cut_is_not_the_failover_gap() -> None:
-    rates = [0.0] * 8 + [10.0] * 12 + [10.0] * 3 + [0.0] * 4 + [10.0] * 5
-    gap = failover_gap(_timeline(rates), cut_at=2.0)
-    assert gap is not None
-    assert gap.seconds == pytest.approx(0.4)
-    assert gap.starts_after_cut == pytest.approx(0.3)
-
-
-def test_a_stall_spanning_the_cut_counts_from_its_start() -> None:
-    rates = [10.0] * 18 + [0.0] * 6 + [10.0] * 6
-    gap = failover_gap(_timeline(rates), cut_at=2.0)
-    assert gap is not None
-    assert (gap.seconds, gap.starts_after_cut, gap.baseline_mbit) == pytest.approx(
-        (0.6, -0.2, 10.0))
-
-
-def test_seamless_failover_is_a_zero_gap_and_no_baseline_is_none() -> None:
-    assert failover_gap(_timeline([10.0] * 30), cut_at=2.0) == Gap(0.0, 0.0, 10.0)
-    assert failover_gap(_timeline([10.0] * 30), cut_at=0.05) is None
-    assert failover_gap(_timeline([0.0] * 30), cut_at=2.0) is None
-    assert failover_gap([], cut_at=2.0) is None
-
-
-@given(before=st.lists(st.floats(1.0, 100.0), min_size=1, max_size=30),
-       stall=st.integers(0, 40), after=st.lists(st.floats(1.0, 100.0), max_size=30))
-def test_a_stall_inserted_after_the_cut_is_found_exactly(before: list[float], stall: int,
-                                                         after: list[float]) -> None:
-    cut_at = len(before) * 0.1
-    gap = failover_gap(_timeline(before + [0.0] * stall + after), cut_at)
-    assert gap is not None
-    # Rates of at least 1 Mbit/s stay above 10 % of a median of at most 100 only when the
-    # median is below 10: otherwise they may join the stall; never shorter, though.
-    assert gap.seconds >= stall * 0.1 - 1e-9
-    if max(before + after) < 10 * min(before + after):
-        assert gap.seconds == pytest.approx(stall * 0.1)
-        assert gap.starts_after_cut == pytest.approx(0.0)
-
-
-def test_status_samples_add_up_the_paths_of_one_wan() -> None:
-    sample = _sample({"t": 5.0, "paths": [["wan1", "up", 100], ["wan1", "down", 50],
-                                           ["wan2", "down", 7]]})
-    assert sample.t == 5.0
-    assert sample.up == frozenset({"wan1"})
-    assert sample.rx_bytes == {"wan1": 150, "wan2": 7}
+# ----- report lines (no root) ----------------------------------------------------------------
 
 
 def test_failover_line_says_never_when_a_path_did_not_move() -> None:

@@ -15,13 +15,10 @@ import json
 import math
 import secrets
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,17 +26,25 @@ from typing import Any
 
 from ratbond.config import CommonSettings
 from ratbond.lab.bonded import CLIENT_STATUS_PORT, SERVER_TUNNEL_IP, BondedTunnel, TunnelError
+from ratbond.lab.failover import (
+    GAP_FRACTION,
+    Sample,
+    StatusPoller,
+    Transfer,
+    failover_gap,
+    leave_and_rejoin,
+    parse_intervals,
+)
 from ratbond.lab.measure import MeasureError, iperf3, iperf3_server, ping_rtt
-from ratbond.lab.netns import Namespace, NetnsError, list_namespaces, stop_process
+from ratbond.lab.netns import NetnsError, list_namespaces
 from ratbond.lab.spec import LinkSpec, LinkSpecError, parse_links
 from ratbond.lab.state import LabError, state_path
 from ratbond.lab.topology import Lab
 
 DEFAULT_LINKS = "30/10:20ms,20:40ms,10:60ms:1%"
 BOND_FLOWS = 8
-# Faster liveness than the CLI defaults (HELLO 2 s, dead after 10 s), on both ends: a
-# silently dead link then leaves the bond within seconds, which the failover step shows.
-# The liveness defaults of `ratbond server/client` (config.CommonSettings), shown in the report.
+# The liveness defaults of `ratbond server/client` (config.CommonSettings): the demo runs
+# with them, so the failover step shows what a user gets, and the report names them.
 HELLO_INTERVAL = CommonSettings.hello_interval
 DEAD_AFTER = CommonSettings.dead_after
 # Failover timeline (seconds): goodput settles, the link is cut, held down a moment after
@@ -48,8 +53,7 @@ FAILOVER_WARMUP = 2.0
 FAILOVER_HOLD = 0.5
 FAILOVER_REJOIN = 2.0
 FAILOVER_TAIL = 1.0
-GAP_FRACTION = 0.1
-WATCH_PERIOD = 0.05
+WATCH_PERIOD = 0.05  # seconds between status readings of the client during a failover
 
 
 @dataclass
@@ -217,139 +221,6 @@ def _start_tunnel(ctx: DemoContext, extra: Sequence[str]) -> float:
 # ----- failover -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sample:
-    """One reading of the client's status: when, which WANs have a path up, bytes per WAN."""
-
-    t: float
-    up: frozenset[str]
-    rx_bytes: dict[str, int]
-
-
-def watch_status(port: int, period: float) -> None:
-    """Print one JSON line per status reading, stamped with the monotonic clock.
-
-    Runs inside the client namespace (``python -c``), where the status endpoint listens;
-    one long-lived poller instead of a process per reading keeps the timing fine-grained.
-    ``CLOCK_MONOTONIC`` is the same in every namespace, so the stamps compare with ours.
-    """
-    url = f"http://127.0.0.1:{port}/status.json"
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as reply:
-                status = json.loads(reply.read())
-        except (OSError, ValueError):
-            time.sleep(period)
-            continue
-        paths = [[p.get("wan"), p.get("state"), p.get("rx_bytes", 0)]
-                 for p in status.get("paths", [])]
-        try:
-            print(json.dumps({"t": time.monotonic(), "paths": paths}), flush=True)
-        except BrokenPipeError:
-            return
-        time.sleep(period)
-
-
-class PathWatch:
-    """The client's path states as a timeline, read from a :func:`watch_status` poller."""
-
-    def __init__(self, ns: Namespace, port: int = CLIENT_STATUS_PORT,
-                 period: float = WATCH_PERIOD) -> None:
-        code = f"from ratbond.lab.demo import watch_status; watch_status({port}, {period})"
-        self._proc = ns.popen(sys.executable, "-c", code, stdout=subprocess.PIPE,
-                              stderr=subprocess.DEVNULL)
-        self._samples: list[Sample] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self._proc.stdout is not None
-        for line in self._proc.stdout:
-            try:
-                raw = json.loads(line)
-                sample = _sample(raw)
-            except (ValueError, KeyError, TypeError):
-                continue
-            with self._changed:
-                self._samples.append(sample)
-                self._changed.notify_all()
-
-    def wait(self, predicate: Callable[[Sample], bool], timeout: float,
-             after: float = 0.0) -> Sample | None:
-        """The first sample taken after ``after`` for which ``predicate`` holds, or None."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._changed:
-            while True:
-                for sample in self._samples[seen:]:
-                    if sample.t > after and predicate(sample):
-                        return sample
-                seen = len(self._samples)
-                left = deadline - time.monotonic()
-                if left <= 0 or self._proc.poll() is not None:
-                    return None
-                self._changed.wait(left)
-
-    def latest(self) -> Sample | None:
-        with self._changed:
-            return self._samples[-1] if self._samples else None
-
-    def close(self) -> None:
-        stop_process(self._proc, timeout=2.0)
-        self._reader.join(timeout=2.0)
-
-
-def _sample(raw: dict[str, Any]) -> Sample:
-    rx: dict[str, int] = {}
-    up: set[str] = set()
-    for wan, state, rx_bytes in raw["paths"]:
-        rx[str(wan)] = rx.get(str(wan), 0) + int(rx_bytes)
-        if state == "up":
-            up.add(str(wan))
-    return Sample(t=float(raw["t"]), up=frozenset(up), rx_bytes=rx)
-
-
-@dataclass(frozen=True)
-class Gap:
-    """The longest stretch of near-zero goodput that ends after a cut."""
-
-    seconds: float
-    starts_after_cut: float
-    baseline_mbit: float
-
-
-def failover_gap(intervals: Sequence[tuple[float, float, float]], cut_at: float,
-                 fraction: float = GAP_FRACTION) -> Gap | None:
-    """Find the failover gap in a goodput timeline of ``(start, end, bits_per_second)``.
-
-    The baseline is the median of the intervals that ended before the cut (``cut_at``, on
-    the same timeline); the gap is the longest run of consecutive intervals under
-    ``fraction`` of it that ends after the cut (stalls of TCP's warm-up do not count).
-    A seamless failover is a zero gap; None means there was no baseline to judge by.
-    """
-    before = [bps for _start, end, bps in intervals if end <= cut_at]
-    if not before or statistics.median(before) <= 0:
-        return None
-    baseline = statistics.median(before)
-    best: tuple[float, float] | None = None  # (length, start)
-    run_start: float | None = None
-    run_length = 0.0
-    for start, end, bps in intervals:
-        if bps < fraction * baseline:
-            if run_start is None:
-                run_start, run_length = start, 0.0
-            run_length += end - start
-            if end > cut_at and (best is None or run_length > best[0]):
-                best = (run_length, run_start)
-        else:
-            run_start = None
-    if best is None:
-        return Gap(seconds=0.0, starts_after_cut=0.0, baseline_mbit=baseline / 1e6)
-    return Gap(seconds=best[0], starts_after_cut=best[1] - cut_at,
-               baseline_mbit=baseline / 1e6)
-
-
 def run_failover(lab: Lab, tunnel: BondedTunnel, kind: str,
                  progress: Callable[[str], None] = lambda _text: None) -> dict[str, Any]:
     """One download through the tunnel while the link carrying it is cut and restored.
@@ -362,68 +233,78 @@ def run_failover(lab: Lab, tunnel: BondedTunnel, kind: str,
     expect_leave = DEAD_AFTER + 1.0 if kind == "blackhole" else 1.0
     seconds = math.ceil(FAILOVER_WARMUP + expect_leave + FAILOVER_HOLD + FAILOVER_REJOIN
                         + FAILOVER_TAIL)
-    watch = PathWatch(lab.client)
-    try:
+    with StatusPoller(lab.client, CLIENT_STATUS_PORT, period=WATCH_PERIOD) as watch:
         first = watch.wait(lambda _s: True, timeout=10)
         if first is None:
             raise TunnelError("the client's status endpoint did not answer")
         with iperf3_server(lab.server) as port:
-            argv = ["iperf3", "-c", SERVER_TUNNEL_IP, "-p", str(port), "-t", str(seconds),
-                    "-R", "-i", "0.1", "--json", "--connect-timeout", "5000"]
-            transfer = lab.client.popen(*argv, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE)
+            transfer = Transfer.start(lab.client, SERVER_TUNNEL_IP, port, seconds,
+                                      clock=watch.now)
             try:
-                timeline = _cut_during(watch, first, cut, restore, expect_leave)
-                out, err = transfer.communicate(timeout=seconds + 30)
+                marks = _cut_during(watch, first, cut, restore, expect_leave)
+                code, raw = transfer.finish()
             finally:
-                stop_process(transfer)
-        if timeline["rejoined_at"] is None:  # the transfer ended first: keep watching
-            back = watch.wait(lambda s: timeline["wan"] in s.up, timeout=10,
-                              after=timeline["restored_at"])
-            timeline["rejoined_at"] = back.t if back else None
-    finally:
-        watch.close()
-    intervals = _intervals(out, err)
-    cut_at = timeline["cut_at"] - timeline["started_at"]
+                transfer.stop()
+        wan = marks.wan
+        # The transfer may end before the path is back: keep watching a while for it.
+        watch.wait(lambda s: wan in s.up_wans, timeout=10, after=marks.restored_at)
+        moves = leave_and_rejoin(watch.samples(), lambda s: wan in s.up_wans,
+                                 marks.cut_at, marks.restored_at)
+    if "error" in raw:
+        raise MeasureError(f"iperf3 through the tunnel (rc {code}): {raw['error']}")
+    try:
+        intervals = parse_intervals(raw)
+    except ValueError as exc:
+        raise MeasureError(f"iperf3 through the tunnel: {exc}") from None
+    cut_at = marks.cut_at - marks.started_at
     gap = failover_gap(intervals, cut_at)
-    progress(f"{kind}: cut {timeline['wan']} {cut_at:.1f} s into a {seconds} s download")
+    progress(f"{kind}: cut {wan} {cut_at:.1f} s into a {seconds} s download")
     return {
-        "kind": kind, "wan": timeline["wan"], "transfer_s": seconds, "cut_at_s": cut_at,
-        "left_after_s": _since(timeline["left_at"], timeline["cut_at"]),
-        "rejoined_after_s": _since(timeline["rejoined_at"], timeline["restored_at"]),
+        "kind": kind, "wan": wan, "transfer_s": seconds, "cut_at_s": cut_at,
+        "left_after_s": moves.left_after(marks.cut_at),
+        "rejoined_after_s": moves.rejoined_after(marks.restored_at),
         "gap_s": None if gap is None else gap.seconds,
         "gap_starts_after_cut_s": None if gap is None else gap.starts_after_cut,
         "baseline_mbit": None if gap is None else gap.baseline_mbit,
-        "intervals": [(round(s, 2), round(bps / 1e6, 2)) for s, _e, bps in intervals],
+        "intervals": [(round(i.start, 2), round(i.bits_per_second / 1e6, 2))
+                      for i in intervals],
     }
 
 
-def _cut_during(watch: PathWatch, first: Sample, cut: Callable[[int], None],
-                restore: Callable[[int], None], expect_leave: float) -> dict[str, Any]:
-    """Drive one cut while the transfer runs; every time is on the monotonic clock.
+@dataclass(frozen=True)
+class CutMarks:
+    """One cut on the poller's clock: the link cut, when data began, was cut, restored."""
+
+    wan: str
+    started_at: float
+    cut_at: float
+    restored_at: float
+
+
+def _cut_during(watch: StatusPoller, first: Sample, cut: Callable[[int], None],
+                restore: Callable[[int], None], expect_leave: float) -> CutMarks:
+    """Drive one cut while the transfer runs: the link carrying most of it goes.
 
     iperf3's timeline starts when its data starts to flow, which the poller sees as the
     client's received bytes jumping (the control connection carries only a few hundred).
     """
-    base = sum(first.rx_bytes.values())
-    started = watch.wait(lambda s: sum(s.rx_bytes.values()) - base > 30_000, timeout=15)
+    base = sum(first.rx_by_wan.values())
+    started = watch.wait(lambda s: sum(s.rx_by_wan.values()) - base > 30_000, timeout=15)
     if started is None:
         raise MeasureError("the failover download never started through the tunnel")
-    time.sleep(max(0.0, started.t + FAILOVER_WARMUP - time.monotonic()))
-    now = watch.latest() or started
-    wan = max(now.rx_bytes, key=lambda w: now.rx_bytes[w] - started.rx_bytes.get(w, 0))
+    time.sleep(max(0.0, started.t + FAILOVER_WARMUP - watch.now()))
+    now = (watch.latest() or started).rx_by_wan
+    before = started.rx_by_wan
+    wan = max(now, key=lambda w: now[w] - before.get(w, 0))
     index = int(wan.removeprefix("wan"))
-    cut_at = time.monotonic()
+    cut_at = watch.now()
     cut(index)
-    left = watch.wait(lambda s: wan not in s.up, timeout=expect_leave + 3, after=cut_at)
-    time.sleep(max(0.0, (left.t if left else time.monotonic()) + FAILOVER_HOLD
-                   - time.monotonic()))
-    restored_at = time.monotonic()
+    left = watch.wait(lambda s: wan not in s.up_wans, timeout=expect_leave + 3, after=cut_at)
+    time.sleep(max(0.0, (left.t if left else watch.now()) + FAILOVER_HOLD - watch.now()))
+    restored_at = watch.now()
     restore(index)
-    back = watch.wait(lambda s: wan in s.up, timeout=FAILOVER_REJOIN, after=restored_at)
-    return {"wan": wan, "started_at": started.t, "cut_at": cut_at,
-            "left_at": left.t if left else None, "restored_at": restored_at,
-            "rejoined_at": back.t if back else None}
+    watch.wait(lambda s: wan in s.up_wans, timeout=FAILOVER_REJOIN, after=restored_at)
+    return CutMarks(wan=wan, started_at=started.t, cut_at=cut_at, restored_at=restored_at)
 
 
 def _cut_actions(lab: Lab, kind: str) -> tuple[Callable[[int], None], Callable[[int], None]]:
@@ -432,22 +313,6 @@ def _cut_actions(lab: Lab, kind: str) -> tuple[Callable[[int], None], Callable[[
     if kind == "wan-down":
         return (lambda i: lab.set_wan_updown(i, False)), (lambda i: lab.set_wan_updown(i, True))
     raise ValueError(f"unknown cut {kind!r}: blackhole or wan-down")
-
-
-def _intervals(out: bytes, err: bytes) -> list[tuple[float, float, float]]:
-    try:
-        raw = json.loads(out)
-    except ValueError:
-        raise MeasureError(f"iperf3 gave no JSON: {err.decode(errors='replace').strip()}"
-                           ) from None
-    if "error" in raw:
-        raise MeasureError(f"iperf3 through the tunnel: {raw['error']}")
-    return [(float(i["sum"]["start"]), float(i["sum"]["end"]),
-             float(i["sum"]["bits_per_second"])) for i in raw["intervals"]]
-
-
-def _since(t: float | None, origin: float) -> float | None:
-    return None if t is None else t - origin
 
 
 # ----- report -------------------------------------------------------------------------------
