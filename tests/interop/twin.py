@@ -95,6 +95,9 @@ class Twin:
     def set_stream(self, stream: bool) -> None:
         self._both("set_stream", stream)
 
+    def set_min_rto(self, ms: int) -> None:
+        self._both("set_min_rto", ms)
+
     @property
     def conv(self) -> int:
         return self.ours.conv
@@ -130,6 +133,13 @@ class Twin:
     @property
     def inflight(self) -> int:
         return self.ours.inflight
+
+    @property
+    def send_span(self) -> int:
+        if self.ours.send_span != self.ref.send_span:
+            raise DivergedError(
+                f"send_span: ours {self.ours.send_span}, reference {self.ref.send_span}")
+        return self.ours.send_span
 
     @property
     def retransmits(self) -> int:

@@ -1,12 +1,17 @@
-"""Rendezvous hashing moves the minimum of flows; round-robin skips full paths."""
+"""Rendezvous hashing moves the minimum of flows; spraying picks the earliest delivery."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import pytest
 
-from ratbond.bond.scheduler import ConsistentScheduler, RoundRobinScheduler, hrw_score
+from ratbond.bond.scheduler import (
+    ConsistentScheduler,
+    EarliestDeliveryScheduler,
+    hrw_score,
+)
 
 FLOWS = [b"flow-%d" % i for i in range(3000)]
 
@@ -79,16 +84,68 @@ def test_bad_weights_are_refused(weight: float) -> None:
         ConsistentScheduler().set_paths({1: weight})
 
 
-def test_round_robin_rotates_over_paths() -> None:
-    scheduler = RoundRobinScheduler()
-    scheduler.set_paths([3, 1, 2])
-    assert [scheduler.pick(lambda _pid: True) for _ in range(7)] == [1, 2, 3, 1, 2, 3, 1]
+@dataclass
+class FakeLane:
+    """A path as the spraying scheduler sees it: queue, bound, rate and RTT."""
+
+    queued: int
+    limit: int
+    rate: float  # segments/s
+    rtt: float  # seconds
+    window: int = 0
+    seconds_per_segment: float = 0.0
+    half_rtt: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.seconds_per_segment = 1.0 / self.rate
+        self.half_rtt = self.rtt / 2
+
+    def waitsnd(self) -> int:
+        return self.queued
 
 
-def test_round_robin_skips_full_paths_and_gives_up_when_all_are_full() -> None:
-    scheduler = RoundRobinScheduler()
-    scheduler.set_paths([1, 2, 3])
-    picks = [scheduler.pick(lambda pid: pid != 2) for _ in range(4)]
-    assert picks == [1, 3, 1, 3]
-    assert scheduler.pick(lambda _pid: False) is None
-    assert RoundRobinScheduler().pick(lambda _pid: True) is None
+def spray(lanes: list[FakeLane], packets: int) -> list[int]:
+    """Pick ``packets`` times, queueing each packet on its lane; lane indexes chosen."""
+    scheduler: EarliestDeliveryScheduler[FakeLane] = EarliestDeliveryScheduler()
+    scheduler.set_paths(lanes)
+    chosen = []
+    for _ in range(packets):
+        lane = scheduler.pick()
+        assert lane is not None
+        lane.queued += 1
+        chosen.append(lanes.index(lane))
+    return chosen
+
+
+def test_earliest_delivery_shares_packets_in_proportion_to_rates() -> None:
+    lanes = [FakeLane(0, 10_000, 3000.0, 0.04), FakeLane(0, 10_000, 1000.0, 0.04)]
+    counts = Counter(spray(lanes, 4000))
+    assert counts[0] == pytest.approx(3000, abs=2)
+    assert counts[1] == pytest.approx(1000, abs=2)
+
+
+def test_earliest_delivery_gives_a_long_path_packets_only_once_short_ones_queue() -> None:
+    # Equal rates, 100 ms more RTT: the long path is worth it behind 50 ms of queue.
+    lanes = [FakeLane(0, 10_000, 1000.0, 0.02), FakeLane(0, 10_000, 1000.0, 0.12)]
+    chosen = spray(lanes, 200)
+    assert chosen[:50] == [0] * 50
+    assert Counter(chosen[50:]) == {0: 75, 1: 75}
+
+
+def test_earliest_delivery_fills_a_window_before_counting_the_rate() -> None:
+    # Path 1 looks slow (a rate measured under light load) but has a free window of 20:
+    # those packets leave at once, so they go there as soon as path 0 queues 20 ms.
+    lanes = [FakeLane(0, 10_000, 1000.0, 0.02), FakeLane(0, 10_000, 10.0, 0.02, window=20)]
+    chosen = spray(lanes, 100)
+    assert Counter(chosen) == {0: 80, 1: 20}
+    assert chosen[:20] == [1] * 20  # its free window delivers sooner than any queue
+
+
+def test_earliest_delivery_skips_full_paths_and_gives_up_when_all_are_full() -> None:
+    lanes = [FakeLane(0, 5, 1000.0, 0.01), FakeLane(0, 3, 10.0, 0.5)]
+    chosen = spray(lanes, 8)
+    assert Counter(chosen) == {0: 5, 1: 3}
+    scheduler: EarliestDeliveryScheduler[FakeLane] = EarliestDeliveryScheduler()
+    scheduler.set_paths(lanes)
+    assert scheduler.pick() is None
+    assert EarliestDeliveryScheduler[FakeLane]().pick() is None

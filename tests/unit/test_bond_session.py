@@ -192,7 +192,11 @@ def test_roundrobin_spreads_one_flow_over_all_paths(engine: EngineName) -> None:
     packets = [udp(7, n) for n in range(300)]
     send(net, net.client, packets)
     net.run_for(1.0)
-    assert tx_per_path(net.client.bond) == {1: 100, 2: 100, 3: 100}
+    tx = tx_per_path(net.client.bond)
+    # Every path carries part of the flow; the shortest one delivers soonest and takes
+    # the bulk, the others about a window each while its queue is long.
+    assert sum(tx.values()) == 300
+    assert tx[1] > tx[2] >= tx[3] > 0
     assert net.server.packets == packets
 
 
@@ -244,22 +248,24 @@ def test_remove_path_sends_linkdown_over_a_survivor_at_once(engine: EngineName) 
 def test_reorder_gaps_of_a_dead_path_are_released_at_once(engine: EngineName) -> None:
     net = pair(
         engine,
-        {1: (0.05, 0.05, 0.0), 2: (0.01, 0.01, 0.0)},
+        {1: (0.01, 0.01, 0.0), 2: (0.01, 0.01, 0.0)},
         balance="roundrobin",
         reorder_timeout=5.0,
     )
     net.blackhole(1)  # path 1 dies with its packets in flight
-    packets = [udp(0, n) for n in range(40)]
+    packets = [udp(0, n) for n in range(100)]
     for packet in packets:
         assert net.client.bond.send_packet(packet, net.now)
-    assert tx_per_path(net.client.bond) == {1: 20, 2: 20}  # evens on 1, odds on 2
+    # Twin paths: path 1 (first on ties) takes a window's worth, path 2 the rest.
+    on_1 = tx_per_path(net.client.bond)[1]
+    assert 0 < on_1 < 100
     net.run_for(0.02)
     assert net.server.packets == []  # path 2's packets wait behind path 1's
-    assert net.server.bond.snapshot().reorder.held == 20
+    assert net.server.bond.snapshot().reorder.held == 100 - on_1
     start = net.now
     net.client.bond.remove_path(1, start, "carrier lost")
     net.run_for(0.05)
-    assert net.server.packets == packets[1::2]
+    assert net.server.packets == packets[on_1:]
     [(when, _)] = events_of(net.server, PathDown)
     assert when == pytest.approx(start + 0.01)  # with the LINKDOWN, not after 5 s
     assert net.server.bond.snapshot().reorder.held == 0
@@ -308,7 +314,8 @@ def test_removed_path_comes_back_with_a_fresh_session_on_both_ends(engine: Engin
     net.run_for(0.5)
     assert net.server.packets == packets
     assert net.client.packets == packets
-    assert net.client.bond.snapshot().paths[1].tx_packets == 50
+    # Both paths carry the flow, the shorter one (1) at least half of it.
+    assert 50 <= net.client.bond.snapshot().paths[1].tx_packets < 100
 
 
 def test_blackholed_path_rejoins_after_the_outage_with_agreeing_sessions(
@@ -334,7 +341,8 @@ def test_blackholed_path_rejoins_after_the_outage_with_agreeing_sessions(
 
 def test_datagrams_of_an_old_session_are_dropped_as_stale(engine: EngineName) -> None:
     net = pair(engine, {1: (0.01, 0.01, 0.0), 2: (0.02, 0.02, 0.0)})
-    net.client.bond.send_packet(udp(0, 0), net.now)
+    for flow in range(8):  # several flows, so that some of them hash onto path 1
+        net.client.bond.send_packet(udp(flow, 0), net.now)
     old = [data for pid, data in net.client.bond.datagrams_to_send() if pid == 1]
     net.client.bond.remove_path(1, net.now, "test")
     net.client.bond.add_path(1, net.now)

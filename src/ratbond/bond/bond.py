@@ -41,7 +41,7 @@ from ratbond.bond.path import (
     to_ms,
 )
 from ratbond.bond.reorder import ReorderBuffer
-from ratbond.bond.scheduler import ConsistentScheduler, RoundRobinScheduler
+from ratbond.bond.scheduler import ConsistentScheduler, EarliestDeliveryScheduler
 from ratbond.bond.stats import BondSnapshot, PathSnapshot
 
 _U32: Final = 0xFFFFFFFF
@@ -99,9 +99,9 @@ class Bond:
         self._live: tuple[int, ...] = ()
         self._weights: dict[int, float] = {}
         self._consistent = ConsistentScheduler()
-        self._roundrobin = RoundRobinScheduler()
+        self._spray: EarliestDeliveryScheduler[Path] = EarliestDeliveryScheduler()
         self._pick_flow = self._consistent.pick
-        self._pick_next = self._roundrobin.pick
+        self._pick_lane = self._spray.pick
         self._outbox: list[tuple[int, bytes]] = []
         self._inbox: list[bytes] = []
         self._inbox_append = self._inbox.append
@@ -188,14 +188,14 @@ class Bond:
             self._drop("empty_packet")
             return False
         if self._sprays:
-            path_id = self._pick_next(self._has_room)
-            if path_id is None:
+            lane = self._pick_lane()
+            if lane is None:
                 if self._closed:
                     self._drop("closed")
                 else:
                     self._drop("queue_full" if self._live else "no_path")
                 return False
-            path = self._paths[path_id]
+            path = lane
         else:
             path_id = self._pick_flow(flow_key(packet))
             if path_id is None:
@@ -217,7 +217,7 @@ class Bond:
         path.tx_bytes += size
         self._packets_in += 1
         self._bytes_in += size
-        self._dirty.add(path_id)
+        self._dirty.add(path.path_id)
         return True
 
     def can_send(self) -> bool:
@@ -254,7 +254,9 @@ class Bond:
         kcp = path.kcp
         now_ms = round(now * 1000)  # to_ms(), inlined on the per-datagram path
         if now_ms != path.clock_ms:  # a drained batch shares one ``now``: one update
+            path.pace(now)
             kcp.update(now_ms)
+            path.paced()
             path.clock_ms = now_ms
         if kcp.input(data) < 0:
             self._drop("kcp_rejected")
@@ -304,8 +306,10 @@ class Bond:
             for path_id in dirty:
                 path = paths.get(path_id)
                 if path is not None:
+                    path.pace(self._now)
                     path.kcp.update(now_ms)
                     path.kcp.flush()
+                    path.paced()
             dirty.clear()
         outbox = self._outbox
         if not outbox:
@@ -341,11 +345,13 @@ class Bond:
         now_ms = to_ms(now)
         for path in list(self._paths.values()):
             kcp = path.kcp
+            path.pace(now)
             kcp.update(now_ms)
             if kcp.check(now_ms) <= now_ms:
                 # ikcp's update() flushes on interval ticks only, while check() already
                 # reports a due retransmission: send it now instead of spinning.
                 kcp.flush()
+            path.paced()
             path.sample_rate(now)
             if path.up:
                 reason = path.failure(now)
@@ -439,10 +445,6 @@ class Bond:
 
         return output
 
-    def _has_room(self, path_id: int) -> bool:
-        path = self._paths[path_id]
-        return path.waitsnd() < path.limit
-
     def _drop(self, reason: str) -> None:
         self._drops[reason] = self._drops.get(reason, 0) + 1
 
@@ -493,7 +495,7 @@ class Bond:
 
     def _update_schedulers(self) -> None:
         self._consistent.set_paths({pid: self._weights.get(pid, 1.0) for pid in self._live})
-        self._roundrobin.set_paths(self._live)
+        self._spray.set_paths(self._paths[pid] for pid in self._live)
 
     def _on_control(self, path: Path, message: bytes, now: float) -> None:
         parsed = messages.parse_message(message)

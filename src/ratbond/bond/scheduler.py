@@ -6,17 +6,25 @@
   path while that path lives, and a path joining or leaving moves only the flows it wins
   or held (the minimum any scheme can move).  Scores are computed once per flow and
   cached until the set of paths changes.
-* :class:`RoundRobinScheduler` -- per packet over the live paths, skipping paths without
-  room, so one slow or lossy link fills up and is passed over instead of stalling the
-  bond (the receiver's reorder buffer puts the flow back in order).
+* :class:`EarliestDeliveryScheduler` -- the ``roundrobin`` balance: each packet takes
+  the path expected to deliver it first: half the path's minimum RTT, plus, when the
+  path's in-flight window is full, the queue beyond the window at the path's measured
+  rate.  (A packet that fits in the window leaves at once whatever the rate estimate
+  says: counting the whole queue at the rate would starve a path whose rate was only
+  ever measured under light load, and its estimate could then never grow.)  Plain
+  rotation hands a slow link as many packets as a fast one, so consecutive packets
+  arrive far apart and the receiver's reorder buffer holds the fast paths' packets
+  behind the slow one's; earliest delivery shares packets in proportion to the rates,
+  keeps light traffic on the shortest path, and lets packets arrive nearly in order.
+  A path without room is passed over.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Iterable, Mapping
-from typing import Final
+from collections.abc import Iterable, Mapping
+from typing import Final, Generic, Protocol, TypeVar
 
 #: Cached flow decisions before the cache is dropped and rebuilt (bounds memory when
 #: many short flows pass: a miss only costs one score per path).
@@ -70,28 +78,44 @@ class ConsistentScheduler:
         return best
 
 
-class RoundRobinScheduler:
-    """Per-packet rotation over the live paths that have room."""
+class Lane(Protocol):
+    """What :class:`EarliestDeliveryScheduler` reads of a path (all kept current by it)."""
 
-    __slots__ = ("_cursor", "_paths")
+    limit: int
+    window: int
+    seconds_per_segment: float
+    half_rtt: float
+
+    def waitsnd(self) -> int: ...
+
+
+LaneT = TypeVar("LaneT", bound=Lane)
+
+
+class EarliestDeliveryScheduler(Generic[LaneT]):
+    """Per-packet choice of the path with the earliest expected delivery."""
+
+    __slots__ = ("_lanes",)
 
     def __init__(self) -> None:
-        self._paths: list[int] = []
-        self._cursor = 0
+        self._lanes: tuple[LaneT, ...] = ()
 
-    def set_paths(self, paths: Iterable[int]) -> None:
-        self._paths = sorted(paths)
-        self._cursor = 0
+    def set_paths(self, lanes: Iterable[LaneT]) -> None:
+        """Replace the live paths (ties go to the earlier one)."""
+        self._lanes = tuple(lanes)
 
-    def pick(self, has_room: Callable[[int], bool]) -> int | None:
-        """Next path after the previous pick for which ``has_room`` holds, else None."""
-        paths = self._paths
-        count = len(paths)
-        cursor = self._cursor
-        for step in range(count):
-            index = (cursor + step) % count
-            path_id = paths[index]
-            if has_room(path_id):
-                self._cursor = index + 1
-                return path_id
-        return None
+    def pick(self) -> LaneT | None:
+        """The lane with room whose next packet would arrive first, else None."""
+        best: LaneT | None = None
+        best_due = math.inf
+        for lane in self._lanes:
+            queued = lane.waitsnd()
+            if queued >= lane.limit:
+                continue
+            due = lane.half_rtt
+            beyond = queued - lane.window
+            if beyond >= 0:
+                due += (beyond + 1) * lane.seconds_per_segment
+            if due < best_due:
+                best, best_due = lane, due
+        return best

@@ -24,6 +24,8 @@ class Direction:
     delay: float = 0.01
     loss: float = 0.0
     rate: float | None = None  # datagrams/s the link serializes; None = unlimited
+    buffer: float | None = None  # seconds of queue a rated link holds; None = unlimited
+    tail_dropped: int = 0  # refused by a full buffer
     blackhole: bool = False
     busy_until: float = 0.0  # when the link finishes serializing what it holds
     datagrams: int = 0  # handed to the network
@@ -62,17 +64,20 @@ class SimNet:
         loss: float = 0.0,
         loss_back: float | None = None,
         rate: float | None = None,
+        buffer: float | None = None,
     ) -> None:
         """Set path ``path_id``'s client->server (and back) delay, loss and rate.
 
-        With a ``rate`` the link queues datagrams without limit and serializes them one
-        after another, like a bottleneck with a large buffer.
+        With a ``rate`` the link serializes datagrams one after another, like a
+        bottleneck; its queue holds ``buffer`` seconds (tail drop beyond), or is
+        unlimited when ``buffer`` is None.
         """
-        self.directions[(path_id, True)] = Direction(delay, loss, rate)
+        self.directions[(path_id, True)] = Direction(delay, loss, rate, buffer)
         self.directions[(path_id, False)] = Direction(
             delay if delay_back is None else delay_back,
             loss if loss_back is None else loss_back,
             rate,
+            buffer,
         )
 
     def direction(self, path_id: int, from_client: bool = True) -> Direction:
@@ -126,6 +131,11 @@ class SimNet:
                 ):
                     continue
                 departure = self.now
+                buffer = direction.buffer
+                queued = direction.busy_until - self.now
+                if direction.rate and buffer is not None and queued > buffer:
+                    direction.tail_dropped += 1
+                    continue
                 if direction.rate:
                     departure = max(departure, direction.busy_until) + 1.0 / direction.rate
                     direction.busy_until = departure

@@ -274,6 +274,11 @@ class KCP:
         return len(self._snd_unacked)
 
     @property
+    def send_span(self) -> int:
+        """Sequence numbers from the oldest unacknowledged segment to the next new one."""
+        return (self._snd_nxt - self._snd_una) & 0xFFFFFFFF
+
+    @property
     def retransmits(self) -> int:
         """Segments sent again, by timeout or by fast resend, since creation."""
         return self._retransmits
@@ -322,6 +327,10 @@ class KCP:
 
     def set_dead_link(self, retransmissions: int) -> None:
         self._dead_link = retransmissions
+
+    def set_min_rto(self, ms: int) -> None:
+        """Floor of the retransmission timeout; applies from the next RTT sample."""
+        self._rx_minrto = ms
 
     def set_stream(self, stream: bool) -> None:
         self._stream = bool(stream)

@@ -65,6 +65,10 @@ class FastKCP:
         return int(self._kcp.nsnd_buf)
 
     @property
+    def send_span(self) -> int:
+        return (int(self._kcp.snd_nxt) - int(self._kcp.snd_una)) & 0xFFFFFFFF
+
+    @property
     def retransmits(self) -> int:
         # ikcp's ``xmit`` counts timeout retransmissions only (fast resends are not
         # counted), so this undercounts next to the Python engine's figure.
@@ -121,6 +125,9 @@ class FastKCP:
 
     def set_stream(self, stream: bool) -> None:
         self._kcp.stream = int(stream)
+
+    def set_min_rto(self, ms: int) -> None:
+        self._kcp.rx_minrto = ms
 
 
 def _ignore_log(_line: str) -> None:
