@@ -230,6 +230,33 @@ def test_silent_path_goes_down_exactly_dead_after_after_last_heard(engine: Engin
     assert sorted(net.server.packets) == sorted(packets)
 
 
+def test_silence_limit_stretches_to_four_round_trips_on_a_slow_path(engine: EngineName) -> None:
+    """A 600 ms-RTT path (satellite-like) comes up although HELLOs go every 250 ms, and with
+    dead_after=1 s it is declared silent only after 4 RTTs (2.4 s), while a 20 ms path
+    keeps the plain 1 s."""
+    config = BondConfig(kcp_engine=engine, hello_interval=0.25, dead_after=1.0)
+    net = SimNet(Bond(config, 0.0), Bond(config, 0.0))
+    for path_id, delay in ((1, 0.3), (2, 0.01)):
+        net.link(path_id, delay=delay, delay_back=delay, loss=0.0)
+        net.client.bond.add_path(path_id, 0.0)
+    net.run_for(5.0)
+    assert net.client.bond.live_paths() == [1, 2] == net.server.bond.live_paths()
+    for path_id, (low, high) in ((1, (2.3, 2.8)), (2, (1.0, 1.0))):
+        net.blackhole(path_id)
+        net.run_for(0.35)  # what was already in flight lands
+        seen = net.client.bond.snapshot().paths[path_id]
+        heard = net.now - (seen.last_heard_ago_s or 0.0)
+        limit = max(1.0, 4 * max(seen.hello_rtt_ms or 0, seen.srtt_ms) / 1000.0)
+        assert low <= limit <= high
+        net.run_until(heard + limit - 0.01)
+        assert path_id in net.client.bond.live_paths()
+        net.run_for(0.05)
+        assert path_id not in net.client.bond.live_paths()
+        net.blackhole(path_id, on=False)
+        net.run_for(6.0)
+        assert net.client.bond.live_paths() == [1, 2]
+
+
 def test_remove_path_sends_linkdown_over_a_survivor_at_once(engine: EngineName) -> None:
     net = pair(engine, {1: (0.01, 0.01, 0.0), 2: (0.03, 0.03, 0.0)})
     start = net.now

@@ -361,9 +361,15 @@ class Bond:
                     continue
             if now >= path.next_hello and not path.parked:
                 if not path.up and path.waitsnd() > 0:
-                    # The last probe is unanswered: probe with a fresh session rather
-                    # than queue HELLOs behind it (see the path module docstring).
-                    self._restart(path, path.epoch + 1, now)
+                    # The last probe is unanswered: once it had time to be answered, probe
+                    # with a fresh session rather than queue HELLOs behind it (see the
+                    # path module docstring); until then, wait for it.
+                    retry_at = path.probe_deadline()
+                    if now >= retry_at:
+                        path.unanswered_probes += 1
+                        self._restart(path, path.epoch + 1, now)
+                    else:
+                        path.next_hello = retry_at
                 else:
                     self._send_hello(path, now)
         if self._peer_sprays:

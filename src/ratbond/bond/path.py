@@ -9,7 +9,10 @@ Liveness rules (times are the shell's monotonic seconds):
   and swallow the flows hashed onto it.  The first HELLO of a session and any HELLO
   without an echo are answered at once, so both ends come up within about one and a
   half round trips;
-* it goes **down** when nothing arrived for ``dead_after`` (silent); when the peer's
+* it goes **down** when nothing arrived for its silence limit, ``dead_after`` or
+  :data:`SILENCE_RTTS` round trips if that is longer (so a satellite or bufferbloated LTE
+  path, whose RTT alone can exceed a fast ``dead_after``, is not declared dead while its
+  packets are merely late) (silent); when the peer's
   HELLOs keep arriving but echo none of our HELLOs sent in the last ``dead_after``
   (our send direction is stuck: a queue that does not drain, or one-way loss; judged at
   each peer HELLO, so a silent path always goes down by the exact silence timer); when
@@ -52,6 +55,14 @@ from typing import Final
 from ratbond import kcp as kcp_engines
 from ratbond.bond import messages
 from ratbond.bond.config import BondConfig
+
+#: A path is never declared silent before this many of its current round trips passed.
+SILENCE_RTTS: Final = 4
+
+#: A down path's probe waits this many known round trips before it is retried.
+PROBE_RTTS: Final = 2.5
+#: The longest wait for the answer to a probe on a path whose RTT was never measured (s).
+PROBE_PATIENCE_MAX: Final = 4.0
 
 #: How often a path's delivery rate is sampled (seconds).
 RATE_SAMPLE_INTERVAL: Final = 0.25
@@ -161,6 +172,7 @@ class Path:
         "peer_sent_ms",
         "rate",
         "restarts",
+        "unanswered_probes",
         "retransmits_before",
         "rx_bytes",
         "rx_packets",
@@ -197,6 +209,7 @@ class Path:
         self.rx_bytes = 0
         self.peer_rx_packets = 0
         self.restarts = 0
+        self.unanswered_probes = 0
         self.retransmits_before = 0
         self.epoch = epoch
         self.conv = 0
@@ -442,15 +455,36 @@ class Path:
         self.confirmed_at = max(self.confirmed_at, sent_ms / 1000.0)
         if sent_ms >= self.session_start_ms:
             self.two_way = True
+            self.unanswered_probes = 0
+
+    def probe_deadline(self) -> float:
+        """When the unanswered probe of this down path may be given up for a fresh one.
+
+        Retrying sooner than the path's round trip would restart the session before any
+        answer could arrive, and a long path (satellite, a loaded LTE link) would never come
+        back.  With the RTT known from before the outage the probe gets 2.5 of them; on a path
+        never measured, the patience doubles with each unanswered probe (capped).
+        """
+        hello = self._config.hello_interval
+        if self.hello_rtt_ms:
+            patience = max(hello, PROBE_RTTS * self.hello_rtt_ms / 1000.0)
+        else:
+            patience = min(hello * 2.0 ** self.unanswered_probes, PROBE_PATIENCE_MAX)
+        return self.session_start_ms / 1000.0 + patience
+
+    def silence_limit(self) -> float:
+        """Seconds of silence after which the path is dead: ``dead_after``, stretched to
+        :data:`SILENCE_RTTS` times the path's current RTT on slow, deep-buffered links."""
+        rtt_ms = max(self.hello_rtt_ms or 0, self.kcp.srtt)
+        return max(self._config.dead_after, SILENCE_RTTS * rtt_ms / 1000.0)
 
     def stalled(self, now: float) -> bool:
-        """The peer is heard but has seen none of our HELLOs of the last ``dead_after``."""
-        return now - self.confirmed_at > self._config.dead_after
+        """The peer is heard but has seen none of our HELLOs of the last silence limit."""
+        return now - self.confirmed_at > self.silence_limit()
 
     def failure(self, now: float) -> str | None:
         """Why this live path must go down now, or None while it is healthy."""
-        config = self._config
-        if self.last_heard is not None and now >= self.last_heard + config.dead_after:
+        if self.last_heard is not None and now >= self.last_heard + self.silence_limit():
             return DOWN_SILENT
         if self.kcp.state == -1:
             return DOWN_KCP_DEAD
@@ -459,7 +493,7 @@ class Path:
     def deadline(self) -> float:
         """Earliest time at which :meth:`failure` or the HELLO timer may change."""
         if self.up and self.last_heard is not None:
-            return min(self.next_hello, self.last_heard + self._config.dead_after)
+            return min(self.next_hello, self.last_heard + self.silence_limit())
         return math.inf if self.parked else self.next_hello
 
     @property
