@@ -34,6 +34,7 @@ from ratbond.linux.wan import WanAdded, WanAddressChanged, WanLink, WanRemoved, 
 from ratbond.logs import TRACE, RateLimitedLog, setup_logging
 from ratbond.runtime.common import (
     BATCH,
+    Address,
     Counters,
     bond_config,
     channel_config,
@@ -47,7 +48,6 @@ from ratbond.status import StatusServer
 
 log = logging.getLogger("ratbond.client")
 
-Address = tuple[str, int]
 
 
 @dataclass

@@ -13,6 +13,10 @@ from ratbond.bond import BondConfig
 from ratbond.config import KCP_MTU, CommonSettings, HostPort
 from ratbond.crypto import ChannelConfig
 
+#: A UDP peer address: (host, port); an IPv6 socket reports (host, port, flowinfo, scope_id),
+#: which is passed back to sendto() as it came.
+Address = tuple[str, int]
+
 # Datagrams or packets handled per fd callback before yielding to the loop: big enough to
 # amortise the loop's overhead, small enough that one busy fd cannot starve the others.
 BATCH = 256

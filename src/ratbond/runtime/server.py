@@ -30,6 +30,7 @@ from ratbond.linux.tun import TunDevice
 from ratbond.logs import TRACE, RateLimitedLog, setup_logging
 from ratbond.runtime.common import (
     BATCH,
+    Address,
     Counters,
     bond_config,
     channel_config,
@@ -41,7 +42,6 @@ from ratbond.status import StatusServer
 
 log = logging.getLogger("ratbond.server")
 
-Address = tuple[str, int]
 
 
 @dataclass
