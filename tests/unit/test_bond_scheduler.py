@@ -124,6 +124,17 @@ def test_earliest_delivery_shares_packets_in_proportion_to_rates() -> None:
     assert counts[1] == pytest.approx(1000, abs=2)
 
 
+def test_equal_lanes_take_turns_instead_of_the_first_taking_everything() -> None:
+    # Four twin links whose half RTTs differ by less than TIE_SECONDS: a tie.
+    lanes = [FakeLane(0, 10_000, 1000.0, rtt, window=1000)
+             for rtt in (0.0010, 0.0012, 0.0014, 0.0016)]
+    assert Counter(spray(lanes, 400)) == {0: 100, 1: 100, 2: 100, 3: 100}
+    # A clearly shorter path still wins while it has room.
+    lanes = [FakeLane(0, 10_000, 1000.0, 0.002, window=1000), FakeLane(0, 10_000, 1000.0,
+                                                                     0.004, window=1000)]
+    assert Counter(spray(lanes, 100)) == {0: 100}
+
+
 def test_earliest_delivery_gives_a_long_path_packets_only_once_short_ones_queue() -> None:
     # Equal rates, 100 ms more RTT: the long path is worth it behind 50 ms of queue.
     lanes = [FakeLane(0, 10_000, 1000.0, 0.02), FakeLane(0, 10_000, 1000.0, 0.12)]

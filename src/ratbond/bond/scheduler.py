@@ -92,23 +92,42 @@ class Lane(Protocol):
 LaneT = TypeVar("LaneT", bound=Lane)
 
 
-class EarliestDeliveryScheduler(Generic[LaneT]):
-    """Per-packet choice of the path with the earliest expected delivery."""
+#: Expected deliveries this close (seconds) are a tie: the lanes take turns.  KCP measures
+#: RTTs in whole milliseconds, so the half RTTs of equal links differ by about this much.
+TIE_SECONDS: Final = 0.0005
 
-    __slots__ = ("_lanes",)
+
+class EarliestDeliveryScheduler(Generic[LaneT]):
+    """Per-packet choice of the path with the earliest expected delivery.
+
+    Paths whose expected deliveries lie within :data:`TIE_SECONDS` of each other count as
+    equal and take turns, so equal links share a sprayed flow round-robin (rather than the
+    first in order taking all of it) while a clearly faster or emptier path still wins.
+    """
+
+    __slots__ = ("_lanes", "_turn")
 
     def __init__(self) -> None:
         self._lanes: tuple[LaneT, ...] = ()
+        self._turn = 0
 
     def set_paths(self, lanes: Iterable[LaneT]) -> None:
-        """Replace the live paths (ties go to the earlier one)."""
+        """Replace the live paths."""
         self._lanes = tuple(lanes)
+        self._turn = 0
 
     def pick(self) -> LaneT | None:
         """The lane with room whose next packet would arrive first, else None."""
+        lanes = self._lanes
+        count = len(lanes)
+        if not count:
+            return None
+        start = self._turn % count
+        self._turn = start + 1
         best: LaneT | None = None
         best_due = math.inf
-        for lane in self._lanes:
+        for index in range(start, start + count):
+            lane = lanes[index % count]
             queued = lane.waitsnd()
             if queued >= lane.limit:
                 continue
@@ -116,6 +135,7 @@ class EarliestDeliveryScheduler(Generic[LaneT]):
             beyond = queued - lane.window
             if beyond >= 0:
                 due += (beyond + 1) * lane.seconds_per_segment
-            if due < best_due:
+            # Only a clearly earlier delivery displaces the first acceptable lane in turn.
+            if due < best_due - TIE_SECONDS:
                 best, best_due = lane, due
         return best
