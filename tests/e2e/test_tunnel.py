@@ -138,7 +138,10 @@ def test_roundrobin_spreads_one_flow_over_every_path(tunnel_factory) -> None:
     assert got["sha256"] == sent["sha256"]
     moved = delta(path_counter(tunnel.client_status(), "tx_packets"), before)
     total = sum(moved.values())
-    assert len(moved) == 4 and all(count > total * 0.1 for count in moved.values()), moved
+    # Earliest-delivery spraying shares by each path's measured state, not in strict turns:
+    # every path must carry a real part of the single flow (consistent hashing leaves
+    # three of them at HELLOs only, < 1.5 %).
+    assert len(moved) == 4 and all(count > total * 0.05 for count in moved.values()), moved
 
 
 def test_client_restart_gets_a_new_session_quickly(tunnel_factory) -> None:
