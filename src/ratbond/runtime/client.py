@@ -43,7 +43,7 @@ from ratbond.runtime.common import (
     stable_client_id,
     warn_if_plaintext,
 )
-from ratbond.runtime.loop import Deadline, earliest, install_stop_signals
+from ratbond.runtime.loop import Deadline, earliest, run_until_signalled
 from ratbond.status import StatusServer
 
 log = logging.getLogger("ratbond.client")
@@ -471,18 +471,4 @@ def run_client(settings: ClientSettings) -> int:
     setup_logging(settings.log_level, syslog=settings.syslog, ident="ratbond-client")
     log.log(TRACE, "settings: %s", settings)
     warn_if_plaintext(settings, log)
-    return asyncio.run(_main(settings))
-
-
-async def _main(settings: ClientSettings) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    install_stop_signals(loop, stop)
-    runtime = ClientRuntime(settings, loop)
-    try:
-        await runtime.start()
-        await stop.wait()
-    finally:
-        await runtime.stop()
-    return 0
-
+    return run_until_signalled(lambda loop: ClientRuntime(settings, loop))

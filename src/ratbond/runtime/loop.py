@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Callable
+from typing import Protocol
 
 
 class Deadline:
@@ -51,3 +52,28 @@ def install_stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+
+
+class Runtime(Protocol):
+    """What a shell offers the loop: start its fds and timers, release everything."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def run_until_signalled(make: Callable[[asyncio.AbstractEventLoop], Runtime]) -> int:
+    """Run the runtime ``make`` builds until SIGINT/SIGTERM; its ``stop`` always runs."""
+    return asyncio.run(_serve(make))
+
+
+async def _serve(make: Callable[[asyncio.AbstractEventLoop], Runtime]) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    install_stop_signals(loop, stop)
+    runtime = make(loop)
+    try:
+        await runtime.start()
+        await stop.wait()
+    finally:
+        await runtime.stop()
+    return 0

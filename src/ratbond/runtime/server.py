@@ -37,7 +37,7 @@ from ratbond.runtime.common import (
     path_rows,
     warn_if_plaintext,
 )
-from ratbond.runtime.loop import Deadline, earliest, install_stop_signals
+from ratbond.runtime.loop import Deadline, earliest, run_until_signalled
 from ratbond.status import StatusServer
 
 log = logging.getLogger("ratbond.server")
@@ -318,17 +318,4 @@ def run_server(settings: ServerSettings) -> int:
     setup_logging(settings.log_level, syslog=settings.syslog, ident="ratbond-server")
     log.log(TRACE, "settings: %s", settings)
     warn_if_plaintext(settings, log)
-    return asyncio.run(_main(settings))
-
-
-async def _main(settings: ServerSettings) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    install_stop_signals(loop, stop)
-    runtime = ServerRuntime(settings, loop)
-    try:
-        await runtime.start()
-        await stop.wait()
-    finally:
-        await runtime.stop()
-    return 0
+    return run_until_signalled(lambda loop: ServerRuntime(settings, loop))
