@@ -46,6 +46,8 @@ from ratbond.wire import (
     VERSION,
     DropReason,
     MsgType,
+    RejectReason,
+    describe_tunnel_info,
     handshake_size,
     parse_prefix,
     parse_reject,
@@ -56,6 +58,8 @@ _DATA = int(MsgType.DATA)
 _RESPONSE = int(MsgType.HANDSHAKE_RESPONSE)
 _REJECT = int(MsgType.REJECT)
 _U64 = 2**64
+#: Unanswered initiations before the client says that it cannot reach the server.
+FAIL_AFTER_ATTEMPTS = 3
 
 
 class _Attempt:
@@ -107,6 +111,7 @@ class ClientChannel:
         self._rekey_due_at: float | None = None
         self._last_timestamp = 0
         self._last_failure_event = float("-inf")
+        self._refusal: str | None = None  # why the server last refused us, until a success
         self._active = False
 
     def __repr__(self) -> str:
@@ -120,6 +125,14 @@ class ClientChannel:
         self._attempts = 0
         self._retry_interval = self.limits.handshake_retry
         self._initiate(now, wall_clock)
+
+    def forget_session(self) -> None:
+        """The server ended the session (CLOSE): drop its keys, and let the next handshake
+        ask for a new session instead of resuming the closed one."""
+        self._current = None
+        self._previous = None
+        self._session = None
+        self._rekey_due_at = None
 
     def initiation_for_path(self, path_id: int) -> bytes | None:
         """The pending initiation stamped for ``path_id``, or ``None`` if none is pending."""
@@ -139,7 +152,8 @@ class ClientChannel:
         # any initiation not newer than the last one it accepted from us.
         timestamp = max(int(wall_clock * 1e9), self._last_timestamp + 1) % _U64
         self._last_timestamp = timestamp
-        payload = INIT_PAYLOAD.pack(timestamp, self._client_id, self._session or 0)
+        payload = INIT_PAYLOAD.pack(timestamp, self._client_id, self._session or 0,
+                                    self.config.tunnel_info)
         if self.config.psk is not None:
             handshake = InitiatorHandshake(
                 self.config.psk, self._prologue, payload, self._random(32)
@@ -222,6 +236,7 @@ class ClientChannel:
             self._events.append(HandshakeCompleted(logical))
         self._attempt = None
         self._attempts = 0
+        self._refusal = None
         self._retry_at = None
         self._retry_interval = self.limits.handshake_retry
 
@@ -233,12 +248,31 @@ class ClientChannel:
         if isinstance(reject, DropReason):
             self.stats.count(reject)
             return
-        self.stats.mode_mismatch += 1
         # Unauthenticated, so it only informs; the retries go on in case it was forged.
         theirs = describe_mode(reject.mode, reject.cipher)
         ours = describe_mode(self._mode, self._cipher)
-        self._fail(now, f"the server refused the handshake: it runs {theirs}, this client "
-                        f"{ours} (check --aes and --secret on both ends)")
+        if reject.reason == RejectReason.AUTH_FAILED:
+            self.stats.handshake_auth_failed += 1
+            why = ("it could not authenticate this client: the --secret differs between "
+                   "client and server")
+        elif reject.reason == RejectReason.CLOCK_SKEW:
+            self.stats.handshake_stale += 1
+            why = (f"this machine's clock differs from the server's by more than "
+                   f"{self.limits.clock_tolerance:g} s: fix NTP on the router")
+        elif reject.reason == RejectReason.TUNNEL_MISMATCH:
+            self.stats.mode_mismatch += 1
+            why = (f"its tunnel addressing differs from this client's "
+                   f"({describe_tunnel_info(self.config.tunnel_info)}): use the same "
+                   "--tunnel-ip and --tunnel-ip6 on both ends")
+        elif reject.reason == RejectReason.CIPHER_MISMATCH:
+            self.stats.mode_mismatch += 1
+            why = f"it runs {theirs}, this client {ours}: use the same --cipher on both ends"
+        else:
+            self.stats.mode_mismatch += 1
+            why = (f"it runs {theirs}, this client {ours}: use the same --aes and --secret on "
+                   "both ends")
+        self._refusal = f"the server refused the handshake: {why}"
+        self._fail(now, self._refusal)
 
     def _fail(self, now: float, reason: str) -> None:
         if now - self._last_failure_event >= self.limits.failure_event_interval:
@@ -247,7 +281,7 @@ class ClientChannel:
 
     # -- datagrams -----------------------------------------------------------------------
 
-    def receive_datagram(self, data: bytes, now: float) -> tuple[int, bytes] | None:
+    def receive_datagram(self, data: bytes, now: float) -> tuple[int, bytes] | None:  # noqa: C901 - the per-datagram path, kept in one frame
         """DATA from the server -> ``(path_id, payload)``; handshake answers are consumed
         (see :meth:`next_event`); anything else is counted in :attr:`stats` and gives None."""
         if len(data) < HEADER_SIZE:
@@ -305,6 +339,11 @@ class ClientChannel:
         return self._current is not None
 
     @property
+    def handshaking(self) -> bool:
+        """True while an initiation waits for its answer (retries are scheduled)."""
+        return self._attempt is not None
+
+    @property
     def session(self) -> int | None:
         """The logical session id (stable across rekeys), once a handshake completed."""
         return self._session
@@ -348,9 +387,10 @@ class ClientChannel:
         if self._attempt is not None:
             if self._retry_at is not None and now >= self._retry_at:
                 self._attempts += 1
-                if self._attempts >= 3:
-                    self._fail(now, f"no handshake response after {self._attempts} attempts "
-                                    "(server down or unreachable, or a different --secret?)")
+                if self._attempts >= FAIL_AFTER_ATTEMPTS:
+                    self._fail(now, self._refusal or (
+                        f"no handshake response after {self._attempts} attempts (server down "
+                        "or unreachable, a firewall dropping UDP, or a different --secret)"))
                 self._retry_interval = min(self._retry_interval * 2, limits.handshake_retry_max)
                 self._initiate(now, wall_clock)
         elif (
