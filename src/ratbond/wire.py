@@ -13,7 +13,8 @@ The whole header is the AEAD associated data of the datagram; ``session || count
   | reserved u16``) so a peer configured differently is recognised without any crypto, then
   the mode's handshake body (layouts below, sizes fixed per mode).
 * ``REJECT``: ``reason u8 | mode u8 | cipher u8 | reserved u8``, sent by a server that refuses
-  an initiation because the two ends are configured differently.  It is unauthenticated and
+  an initiation because the two ends are configured differently (mode, cipher, secret) or
+  their clocks disagree.  It is unauthenticated, never larger than what it answers, and
   only ever produces a log line on the client.
 
 Parsers check every length before reading and return a typed value or a :class:`DropReason`;
@@ -23,6 +24,7 @@ the channel counts drops, nothing here raises on what a peer sent.
 from __future__ import annotations
 
 import enum
+import ipaddress
 import struct
 from typing import NamedTuple
 
@@ -37,8 +39,14 @@ KEY_SIZE = 32
 # Handshake layouts (bytes after the header).
 PREFIX = struct.Struct("!BBH")  # mode, cipher, reserved
 PREFIX_SIZE = PREFIX.size  # 4
-INIT_PAYLOAD = struct.Struct("!Q8sI")  # timestamp ns, client id, session to resume (0: none)
-INIT_PAYLOAD_SIZE = INIT_PAYLOAD.size  # 20
+# timestamp ns, client id, session to resume (0: none), the initiator's tunnel addressing
+INIT_PAYLOAD = struct.Struct("!Q8sI22s")
+INIT_PAYLOAD_SIZE = INIT_PAYLOAD.size  # 42
+# Tunnel addressing both ends must agree on: IPv4 network + prefix, IPv6 network + prefix
+# (all zero: no IPv6).  Inside the (authenticated) initiation, so a mismatch is refused with
+# a clear reason instead of a session whose every packet goes nowhere.
+TUNNEL_INFO = struct.Struct("!4sB16sB")
+TUNNEL_INFO_SIZE = TUNNEL_INFO.size  # 22
 RESP_PAYLOAD = struct.Struct("!I")  # logical session id the server assigned or kept
 RESP_PAYLOAD_SIZE = RESP_PAYLOAD.size  # 4
 PLAIN_RESP_PAYLOAD = struct.Struct("!I8sQ")  # logical session, echoed client id and timestamp
@@ -80,8 +88,13 @@ class CipherCode(enum.IntEnum):
 
 
 class RejectReason(enum.IntEnum):
-    MODE_MISMATCH = 1
-    CIPHER_MISMATCH = 2
+    """Why a server refused an initiation (informational: a REJECT is unauthenticated)."""
+
+    MODE_MISMATCH = 1  # --aes / --secret differ between the ends
+    CIPHER_MISMATCH = 2  # --cipher differs
+    AUTH_FAILED = 3  # the initiation's MAC did not verify: another --secret
+    CLOCK_SKEW = 4  # the initiation's timestamp is too far from the server's clock
+    TUNNEL_MISMATCH = 5  # --tunnel-ip / --tunnel-ip6 differ
 
 
 class DropReason(enum.Enum):
@@ -163,6 +176,9 @@ def pack_reject(reason: RejectReason, mode: ModeCode, cipher: CipherCode, path_i
     return pack_header(MsgType.REJECT, path_id, 0, 0) + REJECT_BODY.pack(reason, mode, cipher)
 
 
+_REJECT_REASONS = frozenset(int(reason) for reason in RejectReason)
+
+
 class Reject(NamedTuple):
     reason: int
     mode: int
@@ -174,6 +190,27 @@ def parse_reject(data: bytes) -> Reject | DropReason:
     if len(data) != REJECT_SIZE:
         return DropReason.MALFORMED
     reason, mode, cipher = REJECT_BODY.unpack_from(data, HEADER_SIZE)
-    if reason not in (RejectReason.MODE_MISMATCH, RejectReason.CIPHER_MISMATCH):
+    if reason not in _REJECT_REASONS:
         return DropReason.MALFORMED
     return Reject(reason, mode, cipher)
+
+
+def pack_tunnel_info(v4: ipaddress.IPv4Network, v6: ipaddress.IPv6Network | None) -> bytes:
+    """The tunnel addressing as it travels in an initiation (:data:`TUNNEL_INFO`)."""
+    if v6 is None:
+        return TUNNEL_INFO.pack(v4.network_address.packed, v4.prefixlen, bytes(16), 0)
+    return TUNNEL_INFO.pack(v4.network_address.packed, v4.prefixlen, v6.network_address.packed,
+                            v6.prefixlen)
+
+
+def describe_tunnel_info(info: bytes) -> str:
+    """``10.10.10.0/30 and fd00::/64`` for a person reading a log line; never raises."""
+    if len(info) != TUNNEL_INFO_SIZE:
+        return "unknown addressing"
+    v4, prefix4, v6, prefix6 = TUNNEL_INFO.unpack(info)
+    if info == bytes(TUNNEL_INFO_SIZE):
+        return "no addressing"
+    text = f"--tunnel-ip={ipaddress.IPv4Address(v4)}/{prefix4}"
+    if prefix6 == 0 and v6 == bytes(16):
+        return text + " --tunnel-ip6=none"
+    return text + f" --tunnel-ip6={ipaddress.IPv6Address(v6)}/{prefix6}"

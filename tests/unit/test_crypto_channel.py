@@ -152,10 +152,11 @@ def test_wrong_secret_gets_no_session_and_is_counted(mode: ChannelMode) -> None:
         pair.advance(timer - pair.now)
     assert [round(b - a, 6) for a, b in pairwise(deadlines)] == [2, 4, 5, 5]
     assert pair.server.stats.handshake_auth_failed == 6
-    # Said after the 3rd miss (t=7 s), then at most every 10 s: the 5th miss (t=17 s).
+    # The server's REJECT names the cause at once (t=0), then at most every 10 s (t=12 s),
+    # and the "no response" line after the 3rd miss says the same refusal, not a guess.
     failures = [e.reason for e in _of(pair.client_events, HandshakeFailed)]
-    assert len(failures) == 2
-    assert "after 3 attempts" in failures[0] and "after 5 attempts" in failures[1]
+    assert failures == ["the server refused the handshake: it could not authenticate this "
+                        "client: the --secret differs between client and server"] * 2
     assert len(_of(pair.client_events, HandshakeInitiated)) == 6
 
 
@@ -177,8 +178,10 @@ def test_mode_mismatch_no_tunnel_and_both_sides_say_why(
     assert pair.server.stats.mode_mismatch == 1 and pair.client.stats.mode_mismatch == 1
     refused = _of(pair.server_events, HandshakeRefused)
     failed = _of(pair.client_events, HandshakeFailed)
-    assert len(refused) == 1 and "--aes" in refused[0].reason
-    assert len(failed) == 1 and "refused" in failed[0].reason
+    flag = "--cipher" if client[0] == server[0] else "--aes and --secret"
+    assert len(refused) == 1 and f"use the same {flag} on both ends" in refused[0].reason
+    assert len(failed) == 1 and failed[0].reason.startswith("the server refused the handshake")
+    assert failed[0].reason.endswith(f"use the same {flag} on both ends")
     # Rate-limited: a burst of retries adds counts, not log lines.
     for _ in range(5):
         pair.client.connect(pair.now, pair.wall)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,9 +22,11 @@ from ratbond.wire import (
     Prefix,
     Reject,
     RejectReason,
+    describe_tunnel_info,
     handshake_size,
     pack_header,
     pack_reject,
+    pack_tunnel_info,
     parse_header,
     parse_prefix,
     parse_reject,
@@ -44,8 +48,8 @@ def test_message_type_numbers_are_pinned() -> None:
 
 
 def test_handshake_sizes_and_no_amplification() -> None:
-    assert (SECURE_INIT_SIZE, SECURE_RESP_SIZE) == (104, 88)
-    assert (PLAIN_INIT_SIZE, PLAIN_RESP_SIZE, REJECT_SIZE) == (40, 40, 20)
+    assert (SECURE_INIT_SIZE, SECURE_RESP_SIZE) == (126, 88)
+    assert (PLAIN_INIT_SIZE, PLAIN_RESP_SIZE, REJECT_SIZE) == (62, 40, 20)
     for mode in ModeCode:
         assert handshake_size(MsgType.HANDSHAKE_RESPONSE, mode) <= handshake_size(
             MsgType.HANDSHAKE_INIT, mode)
@@ -77,3 +81,15 @@ def test_parsers_never_raise(data: bytes) -> None:
     for parse in (parse_header, parse_prefix, parse_reject):
         result = parse(data)
         assert isinstance(result, (tuple, DropReason))
+
+
+def test_tunnel_info_packs_both_families_and_reads_back_for_people() -> None:
+    v4 = ipaddress.IPv4Network("10.10.10.0/30")
+    v6 = ipaddress.IPv6Network("fd00:7262:6f6e:6400::/64")
+    info = pack_tunnel_info(v4, v6)
+    assert info == bytes([10, 10, 10, 0, 30]) + v6.network_address.packed + bytes([64])
+    assert describe_tunnel_info(info) == ("--tunnel-ip=10.10.10.0/30 "
+                                          "--tunnel-ip6=fd00:7262:6f6e:6400::/64")
+    assert describe_tunnel_info(pack_tunnel_info(v4, None)) == (
+        "--tunnel-ip=10.10.10.0/30 --tunnel-ip6=none")
+    assert describe_tunnel_info(b"short") == "unknown addressing"

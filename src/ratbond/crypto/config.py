@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ratbond.crypto.errors import ConfigError
 from ratbond.crypto.secret import PSK_SIZE, Secret, stretch
-from ratbond.wire import CipherCode, ModeCode
+from ratbond.wire import TUNNEL_INFO_SIZE, CipherCode, ModeCode
 
 CIPHERS = {"chacha20-poly1305": CipherCode.CHACHA20_POLY1305, "aes-256-gcm": CipherCode.AES_256_GCM}
 DEFAULT_CIPHER = "chacha20-poly1305"
@@ -36,8 +36,13 @@ class ChannelConfig:
     mode: ChannelMode
     psk: bytes | None = field(repr=False)  # 32 bytes, already stretched; None for PLAINTEXT
     cipher: str = DEFAULT_CIPHER
+    #: What both ends must agree on besides the secret (``wire.pack_tunnel_info``): the
+    #: server refuses an initiation carrying other bytes.  All zero: not checked.
+    tunnel_info: bytes = bytes(TUNNEL_INFO_SIZE)
 
     def __post_init__(self) -> None:
+        if len(self.tunnel_info) != TUNNEL_INFO_SIZE:
+            raise ConfigError(f"tunnel_info must be {TUNNEL_INFO_SIZE} bytes")
         if self.cipher not in CIPHERS:
             raise ConfigError(f"unknown cipher {self.cipher!r}: choose {' or '.join(CIPHERS)}")
         if self.mode is ChannelMode.PLAINTEXT:
@@ -49,7 +54,8 @@ class ChannelConfig:
 
     @classmethod
     def from_options(
-        cls, *, aes: bool, secret: Secret | None, cipher: str = DEFAULT_CIPHER
+        cls, *, aes: bool, secret: Secret | None, cipher: str = DEFAULT_CIPHER,
+        tunnel_info: bytes = bytes(TUNNEL_INFO_SIZE),
     ) -> ChannelConfig:
         """The config the flags ask for; stretches the secret (slow, call once at start)."""
         if cipher not in CIPHERS:
@@ -60,9 +66,9 @@ class ChannelConfig:
                     "--aes needs --secret (or --secret-file, or RATBOND_SECRET): there is no "
                     "default secret any more"
                 )
-            return cls(ChannelMode.PLAINTEXT, None, cipher)
+            return cls(ChannelMode.PLAINTEXT, None, cipher, tunnel_info)
         mode = ChannelMode.ENCRYPTED if aes else ChannelMode.AUTHENTICATED
-        return cls(mode, stretch(secret), cipher)
+        return cls(mode, stretch(secret), cipher, tunnel_info)
 
     @property
     def mode_code(self) -> ModeCode:

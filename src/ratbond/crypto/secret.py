@@ -19,6 +19,8 @@ question moot.
 from __future__ import annotations
 
 import hmac
+import os
+import stat
 from collections.abc import Mapping
 from typing import NoReturn
 
@@ -104,6 +106,26 @@ def _from_file(path: str) -> Secret:
     if not data.strip():
         raise SecretError(f"--secret-file {path!r} is empty")
     return Secret(data)
+
+
+#: Permission bits that let someone other than the owner read or replace a secret file.
+_OPEN_BITS = stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH
+
+
+def permission_warning(path: str, flag: str = "--secret-file") -> str | None:
+    """A warning when ``path`` can be read or written by group or others, else ``None``.
+
+    Like ssh with a private key, ratbond still starts (refusing would break running
+    deployments) but says which file, its mode and the command that fixes it.
+    """
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return None  # unreadable files are reported by the loader itself
+    if not mode & _OPEN_BITS:
+        return None
+    return (f"{flag} {path}: permissions {mode:04o} are too open (group or others can read "
+            f"or change the secret); fix with: chmod 600 {path}")
 
 
 def stretch(secret: Secret) -> bytes:

@@ -58,6 +58,7 @@ from ratbond.wire import (
     ModeCode,
     MsgType,
     RejectReason,
+    describe_tunnel_info,
     handshake_size,
     pack_reject,
     parse_prefix,
@@ -224,15 +225,23 @@ class ServerChannel:
             return
         if head.mode != self._mode or head.cipher != self._cipher:
             stats.mode_mismatch += 1
-            reason = (RejectReason.MODE_MISMATCH if head.mode != self._mode
-                      else RejectReason.CIPHER_MISMATCH)
-            self._outbox.append((pack_reject(reason, self._mode, self._cipher, path_id), addr))
-            self._refused(addr, now, f"a client runs {describe_mode(head.mode, head.cipher)}, "
-                                     f"this server {describe_mode(self._mode, self._cipher)}: "
-                                     "check --aes and --secret on both ends")
+            theirs = describe_mode(head.mode, head.cipher)
+            ours = describe_mode(self._mode, self._cipher)
+            if head.mode != self._mode:
+                self._reject(RejectReason.MODE_MISMATCH, path_id, addr)
+                self._refused(addr, now, f"a client runs {theirs}, this server {ours}: use the "
+                                         "same --aes and --secret on both ends")
+            else:
+                self._reject(RejectReason.CIPHER_MISMATCH, path_id, addr)
+                self._refused(addr, now, f"a client runs {theirs}, this server {ours}: use the "
+                                         "same --cipher on both ends")
             return
         if self._mac_key is not None and not verify_mac(self._mac_key, data):
             stats.handshake_auth_failed += 1
+            self._reject(RejectReason.AUTH_FAILED, path_id, addr)
+            self._refused(addr, now, "a handshake failed authentication: that client's "
+                                     "--secret differs from this server's (or someone is "
+                                     "probing the port)")
             return
         body = body_of(data, self._secure)[PREFIX_SIZE:]
         # Copies of one initiation arrive on every path: answer each from the cache.
@@ -257,17 +266,16 @@ class ServerChannel:
             payload = responder.payload
         else:
             payload = body
-        timestamp, client_id, resume = INIT_PAYLOAD.unpack(payload)
+        timestamp, client_id, resume, tunnel_info = INIT_PAYLOAD.unpack(payload)
         client = self._clients.get(client_id)
-        if responder is not None:
-            if abs(timestamp / 1e9 - wall_clock) > self.limits.clock_tolerance:
-                stats.handshake_stale += 1
-                self._refused(addr, now, "the client's clock differs from ours by more than "
-                                         f"{self.limits.clock_tolerance:g} s: fix NTP")
-                return
-            if client is not None and timestamp <= client.newest_timestamp:
-                stats.handshake_stale += 1  # a replay, or an older copy overtaken by a newer one
-                return
+        refusal = self._refusal(timestamp, tunnel_info, client, wall_clock,
+                                secure=responder is not None)
+        if refusal is not None:
+            reason, why = refusal
+            if reason is not None:
+                self._reject(reason, path_id, addr)
+                self._refused(addr, now, why)
+            return
         if client is None:
             client = self._new_client(client_id)
             if client is None:
@@ -305,11 +313,40 @@ class ServerChannel:
             self._responses.popitem(last=False)
         self._respond(cached.body, session, path_id, addr)
 
+    def _refusal(self, timestamp: int, tunnel_info: bytes, client: _Client | None,
+                 wall_clock: float, *, secure: bool) -> tuple[RejectReason | None, str] | None:
+        """Why an authenticated initiation is not answered, or None to answer it.
+
+        A reason comes with a REJECT and a log line for the user; ``(None, ...)`` is a silent
+        drop (a replay, or an older copy overtaken by a newer one).
+        """
+        stats = self.stats
+        if secure:
+            if abs(timestamp / 1e9 - wall_clock) > self.limits.clock_tolerance:
+                stats.handshake_stale += 1
+                return RejectReason.CLOCK_SKEW, (
+                    "the client's clock differs from ours by more than "
+                    f"{self.limits.clock_tolerance:g} s: fix NTP")
+            if client is not None and timestamp <= client.newest_timestamp:
+                stats.handshake_stale += 1
+                return None, "stale"
+        if tunnel_info != self.config.tunnel_info:
+            stats.mode_mismatch += 1
+            return RejectReason.TUNNEL_MISMATCH, (
+                f"a client has {describe_tunnel_info(tunnel_info)}, this server "
+                f"{describe_tunnel_info(self.config.tunnel_info)}: use the same --tunnel-ip "
+                "and --tunnel-ip6 on both ends")
+        return None
+
     def _respond(self, body: bytes, session: int, path_id: int, addr: Address) -> None:
         datagram = handshake_datagram(
             MsgType.HANDSHAKE_RESPONSE, path_id, session, body, self._mac_key
         )
         self._outbox.append((datagram, addr))
+
+    def _reject(self, reason: RejectReason, path_id: int, addr: Address) -> None:
+        """Tell the client why (20 bytes, less than any initiation: nothing to amplify)."""
+        self._outbox.append((pack_reject(reason, self._mode, self._cipher, path_id), addr))
 
     def _refused(self, addr: Address, now: float, reason: str) -> None:
         if now - self._last_refused_event >= self.limits.failure_event_interval:
