@@ -226,12 +226,27 @@ def route_manager(device: str, gateway: str, table: str) -> None:
         for step in ("del1", "del2"):
             mgr.ensure_absent()
             steps[step] = _defaults(int(table))
+        # Somebody else's default: it stays, and two /1 routes take the traffic instead.
         subprocess.run(["ip", "route", "add", "default", "dev", "lo", "table", table],
+                       check=True)
+        steps["mode"] = mgr.ensure_present()
+        steps["present"] = mgr.present
+        steps["after_conflict"] = _defaults(int(table))
+        steps["split"] = _table(int(table))
+        mgr.ensure_absent()
+        steps["after_removal"] = _table(int(table))
+        # A /1 route of somebody else's too: nothing can be installed, and it says so.
+        subprocess.run(["ip", "route", "add", "0.0.0.0/1", "dev", "lo", "table", table],
                        check=True)
         try:
             mgr.ensure_present()
             steps["conflict"] = None
         except RouteConflictError as exc:
             steps["conflict"] = str(exc)
-        steps["after_conflict"] = _defaults(int(table))
     emit(steps)
+
+
+def _table(table: int) -> list[dict[str, Any]]:
+    out = subprocess.run(["ip", "-j", "route", "show", "table", str(table)],
+                         capture_output=True, check=True).stdout
+    return list(json.loads(out or b"[]"))

@@ -24,5 +24,14 @@ def test_default_route_add_remove_idempotent() -> None:
             ("default", "10.10.10.1", "tunx")]
     assert steps["del1"] == []
     assert steps["del2"] == []
-    assert steps["conflict"] is not None and "not replacing" in steps["conflict"]
+    # Another default route in the table: it is left alone, and two /1 routes win instead.
+    assert steps["mode"] == "split" and steps["present"] is True
     assert [r["dev"] for r in steps["after_conflict"]] == ["lo"]
+    assert sorted((r["dst"], r.get("gateway"), r["dev"]) for r in steps["split"]
+                  if r["dst"] != "10.10.10.0/30") == [
+        ("0.0.0.0/1", "10.10.10.1", "tunx"), ("128.0.0.0/1", "10.10.10.1", "tunx"),
+        ("default", None, "lo")]
+    assert [(r["dst"], r["dev"]) for r in steps["after_removal"]
+            if r["dst"] != "10.10.10.0/30"] == [("default", "lo")]
+    # A half route of somebody else's as well: nothing is installed, and the error says why.
+    assert steps["conflict"] is not None and "another route to 0.0.0.0/1" in steps["conflict"]

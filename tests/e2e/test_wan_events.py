@@ -89,8 +89,9 @@ def test_paths_follow_netlink_events_while_a_transfer_survives(tmp_path: Path) -
             readd_route(lab, 3, src="10.201.3.7")
             lab.client.run("ip", "addr", "del", "10.201.3.2/24", "dev", "wan3")
             readd_route(lab, 3, src="10.201.3.7")
-            wait_until(lambda: tunnel.client_status()["wans"].get("wan3") == "10.201.3.7", 5,
-                       what="wan3 on its new address")
+            wait_until(lambda: any(p.get("wan") == "wan3" and p.get("local") == "10.201.3.7"
+                                   for p in tunnel.client_status()["paths"]), 5,
+                       what="wan3's path on its new address")
             timings["wan3 readdressed"] = expect_wans(tunnel, ["wan1", "wan2", "wan3"], 5)
 
             lab.link(1).blackhole()

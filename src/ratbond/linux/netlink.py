@@ -240,10 +240,17 @@ class Rtnl:
     def default_route(self, command: str, *, oif: int, gateway: str, table: int,
                       metric: int | None = None) -> None:
         """``command`` is ``"add"`` (fails with EEXIST if present) or ``"del"``."""
+        self.gateway_route(command, dst=None, dst_len=0, oif=oif, gateway=gateway, table=table,
+                           metric=metric)
+
+    def gateway_route(self, command: str, *, dst: str | None, dst_len: int, oif: int,
+                      gateway: str, table: int, metric: int | None = None) -> None:
+        """Add (``"add"``, EEXIST if present) or delete (``"del"``) ``dst/dst_len`` via
+        ``gateway`` out of ``oif``; ``dst=None`` with ``dst_len=0`` is the default route."""
         family = socket.AF_INET6 if ":" in gateway else socket.AF_INET
         msg = rtmsg()
         msg["family"] = family
-        msg["dst_len"] = 0
+        msg["dst_len"] = dst_len
         msg["table"] = table if table < 256 else 252
         msg["type"] = RTN_UNICAST
         # Delete matches any protocol and scope (as ``ip route del`` does); gateway, device,
@@ -252,6 +259,8 @@ class Rtnl:
         msg["scope"] = RT_SCOPE_UNIVERSE if command == "add" else RT_SCOPE_NOWHERE
         attrs: list[tuple[str, object]] = [("RTA_TABLE", table), ("RTA_OIF", oif),
                                            ("RTA_GATEWAY", gateway)]
+        if dst is not None:
+            attrs.append(("RTA_DST", dst))
         if metric is not None:
             attrs.append(("RTA_PRIORITY", metric))
         msg["attrs"] = attrs

@@ -1,9 +1,16 @@
-"""The client's I/O shell: WAN sockets, the TUN, netlink, and the timer around the core.
+"""The client's shell: WAN sockets, the TUN, netlink and DNS around a ClientConnection.
 
-Data path: TUN -> :class:`~ratbond.bond.Bond` -> per-path KCP bytes -> :class:`ClientChannel`
-seal -> the path's UDP socket (bound to its WAN address *and* device, so it can never be routed
-into the tunnel).  Back: socket -> open -> bond -> TUN.  Every fd is drained until EAGAIN in
-one callback and the bond is flushed once per batch (DESIGN.md §2, §4).
+Everything that decides anything lives in :class:`~ratbond.connection.ClientConnection`;
+this module only moves bytes and applies events.  Data path: TUN -> connection -> one UDP
+socket per WAN x mux, bound to the WAN's address *and* device so it can never be routed
+into the tunnel.  Back: socket -> connection -> TUN.  Every fd is drained until EAGAIN in
+one callback and the connection is flushed once per batch (docs/design.md).
+
+WAN links come from netlink (:class:`~ratbond.linux.wan.WanTable`): each gets ``--mux``
+sockets and path ids that stay the same while the process lives, so a WAN that returns
+(or gets a new address) keeps its path ids and the server follows it.  The server's name
+is resolved off the loop and re-resolved with back-off while it does not resolve (routers
+boot before DNS works).
 """
 
 from __future__ import annotations
@@ -13,46 +20,60 @@ import contextlib
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
-from ratbond import __version__
-from ratbond.bond import Bond, PathDown, PathUp, PeerClosed
+from ratbond import __version__, deploy_hooks
+from ratbond.bond import LinkRate
 from ratbond.config import TUN_MTU, ClientSettings
-from ratbond.crypto import (
-    ClientChannel,
-    HandshakeCompleted,
+from ratbond.connection import (
+    Address,
+    ClientConnection,
+    ConnectionEvent,
     HandshakeFailed,
-    HandshakeInitiated,
+    HandshakeStarted,
     KeysRotated,
-    SessionExpired,
+    PathDown,
+    PathUp,
+    SessionEnded,
+    SessionStarted,
+    TunnelDown,
+    TunnelUp,
 )
+from ratbond.connection.client import REASON_SILENCE
 from ratbond.linux.netlink import Rtnl, WanMonitor
 from ratbond.linux.routes import DefaultRouteManager, RouteConflictError
 from ratbond.linux.sockets import drain_datagrams, open_path_socket
 from ratbond.linux.tun import TunDevice
 from ratbond.linux.wan import WanAdded, WanAddressChanged, WanLink, WanRemoved, WanTable
-from ratbond.logs import TRACE, RateLimitedLog, setup_logging
+from ratbond.logs import TRACE, setup_logging
+from ratbond.mqtt.publisher import start_publisher
 from ratbond.runtime.common import (
     BATCH,
-    Address,
-    Counters,
-    bond_config,
-    channel_config,
+    channel_summary,
+    connection_config,
     path_rows,
-    resolve_server,
     stable_client_id,
+    status_token,
     warn_if_plaintext,
 )
-from ratbond.runtime.loop import Deadline, earliest, run_until_signalled
+from ratbond.runtime.loop import run_until_signalled
+from ratbond.runtime.shell import Shell
 from ratbond.status import StatusServer
 
 log = logging.getLogger("ratbond.client")
 
+#: Re-resolution of a server name that does not resolve: first retry, and the cap (s).
+RESOLVE_RETRY_FIRST = 1.0
+RESOLVE_RETRY_MAX = 30.0
+
+NO_WAN_MESSAGE = ("no WAN: no interface has a default route in a routing table other than "
+                  "main (254); give each WAN link its own table and an 'ip rule from "
+                  "<wan-ip> lookup <table>' (README: 'Deploying the client')")
 
 
 @dataclass
 class ClientPath:
-    """One KCP path: a WAN link (x mux index) and the socket bound to it."""
+    """One path: a WAN link (x mux index) and the socket bound to it."""
 
     path_id: int
     wan: WanLink
@@ -68,64 +89,79 @@ class _Wan:
     path_ids: list[int] = field(default_factory=list)
 
 
-class ClientRuntime:
-    """Owns every fd and the core objects of one client process."""
+@dataclass
+class _GonePath:
+    """A path whose WAN left: still listed (state down, why, since when)."""
+
+    wan: str
+    local: str
+    reason: str
+    since: float
+
+
+class ClientRuntime(Shell[ClientConnection]):
+    """Owns every fd of one client process and the connection between them."""
+
 
     def __init__(self, settings: ClientSettings, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        connection = ClientConnection(connection_config(settings), now=now,
+                                      wall_offset=time.time() - now,
+                                      client_id=stable_client_id(settings.tunnel_id))
+        super().__init__(loop, connection, log)
         self.settings = settings
-        self.loop = loop
-        self.started = time.monotonic()
-        self.counters = Counters()
-        self.ratelog = RateLimitedLog(log)
-        self.channel = ClientChannel(channel_config(settings),
-                                     client_id=stable_client_id(settings.tunnel_id))
-        self.bond: Bond | None = None
-        self.session: int | None = None
-        self.tun: TunDevice | None = None
         self.rtnl: Rtnl | None = None
         self.routes: list[DefaultRouteManager] = []
-        self.default_route = False
-        self.wan_table = WanTable(include=settings.wans, exclude=settings.exclude_wans,
+        self.wan_table = WanTable(include=settings.included_wans,
+                                  exclude=settings.exclude_wans,
                                   ignore_devices=[settings.client_tun_name])
         self.monitor = WanMonitor(self.wan_table)
         self.wans: dict[str, _Wan] = {}
         self.paths: dict[int, ClientPath] = {}
+        self._gone: dict[int, _GonePath] = {}
         self._path_ids: dict[tuple[str, int], int] = {}
-        self._tun_reading = False
-        self._trace = log.isEnabledFor(TRACE)  # read once: per-packet logging costs nothing off
-        self._last_heard = 0.0
-        self._next_rescan = 0.0
-        self._timer = Deadline(loop, self._on_timer)
-        self.status = StatusServer(self.snapshot)
+        self._next_rescan = now + settings.rescan_interval
+        self._servers: dict[int, Address] = {}  # address family -> the server's address
+        self._resolve_at: float | None = None
+        self._resolve_backoff = RESOLVE_RETRY_FIRST
+        self._resolve_failing_since: float | None = None
+        self._resolving: asyncio.Task[None] | None = None
+        self._no_wan_warned = False
+        self.status = StatusServer(self.snapshot, token=status_token(settings))
 
-    # ------------------------------------------------------------------ lifecycle
+    # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         s = self.settings
-        now = self.loop.time()
+        now = self._now()
         self.tun = TunDevice.open(s.client_tun_name, mtu=TUN_MTU)
         self.tun.configure(address=s.client_tunnel_address, address6=s.client_tunnel_address6)
         log.info("tunnel %s up with %s; server %s", self.tun.name, s.client_tunnel_address,
                  s.connect)
         self.rtnl = Rtnl()
+        self.deployment = deploy_hooks.client_started(s)  # sysctls, systemd readiness
         gateways = [s.server_tunnel_address, s.server_tunnel_address6]
         self.routes = [DefaultRouteManager(self.rtnl, device=self.tun.name, gateway=str(g.ip))
                        for g in gateways if g is not None]
+        if s.http_listen is not None:
+            await self.status.start(s.http_listen.host, s.http_listen.port)
+        await self._resolve_server()
         self.monitor.open()
         self.loop.add_reader(self.monitor.fileno(), self._on_netlink)
         self.monitor.rescan(now)
-        self._next_rescan = now + s.rescan_interval
         self._handle_wan_events(now)
-        self.channel.connect(now, time.time())
-        if s.http_listen is not None:
-            await self.status.start(s.http_listen.host, s.http_listen.port)
-        self._rearm(now)
+        self._check_wans()
+        self.connection.connect(now)
+        self._after_work(now)
+        self.mqtt = start_publisher(s.mqtt, "client", self.status, self.loop)
 
     async def stop(self) -> None:
-        now = self.loop.time()
-        if self.bond is not None:
-            self.bond.close(now)
-            self._flush(now)
+        self._stop_mqtt()
+        now = self._now()
+        if self._resolving is not None:
+            self._resolving.cancel()
+        self.connection.close(now)
+        self._send_datagrams(now)
         self._timer.cancel()
         await self.status.close()
         for path_id in list(self.paths):
@@ -133,102 +169,58 @@ class ClientRuntime:
         with contextlib.suppress(Exception):
             self.loop.remove_reader(self.monitor.fileno())
         self.monitor.close()
-        self._set_default_route(False)
+        for manager in self.routes:
+            with contextlib.suppress(OSError):
+                manager.ensure_absent()
         if self.rtnl is not None:
             self.rtnl.close()
-        if self.tun is not None:
-            self._set_tun_reading(False)
-            self.tun.close()
+        deploy_hooks.stopping(self.deployment)
+        self._close_tun()
         log.info("stopped")
 
-    # ------------------------------------------------------------------ fd callbacks
-
-    def _on_tun_readable(self) -> None:
-        bond, tun = self.bond, self.tun
-        if bond is None or tun is None:
-            return
-        now = self.loop.time()
-        send = bond.send_packet
-        packets = tun.read_batch(BATCH)
-        self.counters.tun_rx_packets += len(packets)
-        for packet in packets:
-            if not send(packet, now):
-                self.counters.tun_rx_dropped += 1
-        if self._trace:
-            log.log(TRACE, "tun: read %d packets (%d bytes)", len(packets),
-                    sum(map(len, packets)))
-        self._after_work(now)
+    # -- fd callbacks ---------------------------------------------------------------------
 
     def _on_path_readable(self, path: ClientPath) -> None:
-        now = self.loop.time()
-        receive = self.channel.receive_datagram
-        bond = self.bond
-        got = False
-        for data, _addr in drain_datagrams(path.sock, BATCH):
-            opened = receive(data, now)
-            if opened is None:
-                continue
-            got = True
-            path_id, payload = opened
-            if bond is not None and payload:
-                bond.receive(path_id, payload, now)
-        if got:
-            self._last_heard = now
+        now = self._now()
+        receive = self.connection.receive_datagram
+        datagrams = drain_datagrams(path.sock, BATCH)
+        for data, _addr in datagrams:
+            receive(data, now)
+        self.counters.rx_datagrams += len(datagrams)
         if self._trace:
-            log.log(TRACE, "path %d: datagrams read, authenticated data: %s", path.path_id, got)
+            log.log(TRACE, "path %d: %d datagrams", path.path_id, len(datagrams))
         self._after_work(now)
 
     def _on_netlink(self) -> None:
-        now = self.loop.time()
+        now = self._now()
         self.monitor.drain(now)
         self._handle_wan_events(now)
         self._after_work(now)
 
-    def _on_timer(self) -> None:
-        now = self.loop.time()
-        self.channel.handle_timer(now, time.time())
+    def _shell_timer(self) -> float | None:
+        deadlines = [self._next_rescan, self.wan_table.get_timer(), self._resolve_at]
+        return min((d for d in deadlines if d is not None), default=None)
+
+    def _shell_timer_work(self, now: float) -> None:
         self.wan_table.handle_timer(now)
         if now >= self._next_rescan:
             self.monitor.rescan(now)
             self._next_rescan = now + self.settings.rescan_interval
         self._handle_wan_events(now)
-        if self.bond is not None:
-            self.bond.handle_timer(now)
-        self._maybe_rehandshake(now)
-        self._after_work(now)
+        self._check_wans()
+        if self._resolve_at is not None and now >= self._resolve_at and self._resolving is None:
+            self._resolve_at = None
+            self._resolving = self.loop.create_task(self._resolve_server())
 
-    # ------------------------------------------------------------------ core plumbing
-
-    def _after_work(self, now: float) -> None:
-        """Drain every core's output after a batch: events, TUN writes, datagrams, timer."""
-        self._handle_channel_events(now)
-        bond = self.bond
-        if bond is not None:
-            self._handle_bond_events(now)
-            packets = bond.packets_received()
-            if packets and self.tun is not None:
-                write = self.tun.write
-                for packet in packets:
-                    if not write(packet):
-                        self.counters.tun_tx_errors += 1
-                self.counters.tun_tx_packets += len(packets)
-            self._flush(now)
-            self._set_tun_reading(bool(bond.live_paths()) and bond.can_send())
-        self._rearm(now)
-
-    def _flush(self, now: float) -> None:
-        bond = self.bond
-        if bond is None:
-            return
-        seal = self.channel.seal
+    def _send_datagrams(self, now: float) -> None:
         paths = self.paths
-        for path_id, data in bond.datagrams_to_send():
+        for path_id, datagram in self.connection.datagrams_to_send(now):
             path = paths.get(path_id)
             if path is None:
                 self.counters.tx_no_socket += 1
                 continue
             try:
-                path.sock.sendto(seal(path_id, data, now), path.server)
+                path.sock.sendto(datagram, path.server)
             except BlockingIOError:
                 self.counters.tx_socket_full += 1
             except OSError as exc:
@@ -236,116 +228,90 @@ class ClientRuntime:
                 self.ratelog.log(logging.DEBUG, f"tx{path_id}", "path %d (%s): send failed: %s",
                                  path_id, path.wan.name, exc.strerror)
 
-    def _rearm(self, now: float) -> None:
-        bond_timer = self.bond.get_timer() if self.bond is not None else None
-        self._timer.arm(earliest(bond_timer, self.channel.get_timer(),
-                                 self.wan_table.get_timer(), self._next_rescan,
-                                 self._rehandshake_deadline()))
+    # -- events ---------------------------------------------------------------------------
 
-    def _set_tun_reading(self, on: bool) -> None:
-        """Backpressure: read the TUN only while some path can take more."""
-        if on == self._tun_reading or self.tun is None:
-            return
-        if on:
-            self.loop.add_reader(self.tun.fd, self._on_tun_readable)
+    def _on_event(self, event: ConnectionEvent) -> None:
+        if isinstance(event, PathUp):
+            path = self.paths.get(event.path_id)
+            log.info("path %d up (%s)", event.path_id, path.wan.name if path else "?")
+        elif isinstance(event, PathDown):
+            log.info("path %d down: %s", event.path_id, event.reason)
+        elif isinstance(event, TunnelUp | TunnelDown):
+            self._set_default_route(isinstance(event, TunnelUp))
         else:
-            self.loop.remove_reader(self.tun.fd)
-        self._tun_reading = on
+            self._log_session_event(event)
 
-    # ------------------------------------------------------------------ handshake & session
-
-    def _send_initiations(self) -> None:
-        """A handshake attempt goes out on every path: the first to answer wins."""
-        for path in self.paths.values():
-            datagram = self.channel.initiation_for_path(path.path_id)
-            if datagram is None:
-                return
-            with contextlib.suppress(OSError):
-                path.sock.sendto(datagram, path.server)
-
-    def _rehandshake_deadline(self) -> float | None:
-        """When to suspect the server lost our session (e.g. it restarted)."""
-        if self.session is None or not self.paths:
-            return None
-        return self._last_heard + self._silence_limit()
-
-    def _silence_limit(self) -> float:
-        return max(3.0 * self.settings.hello_interval, 1.0)
-
-    def _maybe_rehandshake(self, now: float) -> None:
-        deadline = self._rehandshake_deadline()
-        if deadline is not None and now >= deadline:
-            self.ratelog.log(logging.INFO, "rehandshake",
-                             "nothing heard from the server for %.1f s: new handshake",
-                             now - self._last_heard)
-            self._last_heard = now  # one attempt per silence period
-            self.channel.connect(now, time.time())
-
-    def _handle_channel_events(self, now: float) -> None:
-        while (event := self.channel.next_event()) is not None:
-            if isinstance(event, HandshakeInitiated):
-                log.debug("handshake attempt %d%s", event.attempt,
-                          " (rekey)" if event.rekey else "")
-                self._send_initiations()
-            elif isinstance(event, HandshakeCompleted):
-                self._last_heard = now
-                if event.session != self.session:
-                    self._new_session(event.session, now)
-            elif isinstance(event, KeysRotated):
-                self._last_heard = now
-                # The server switches to the new keys on our next datagram (a HELLO at the
-                # latest); until then both key sets are accepted.
-                log.debug("session %08x: keys rotated", event.session)
-            elif isinstance(event, HandshakeFailed):
-                self.ratelog.log(logging.WARNING, "hsfail", "handshake failed: %s",
-                                 event.reason)
-            elif isinstance(event, SessionExpired):
-                log.warning("session %08x expired; reconnecting", event.session)
-
-    def _new_session(self, session: int, now: float) -> None:
-        old = self.bond
-        if old is not None:
-            self._handle_bond_events(now)
-        log.info("session %08x established with %s", session, self.settings.connect)
-        self.session = session
-        self.bond = Bond(bond_config(self.settings), now)
-        for path_id in self.paths:
-            self.bond.add_path(path_id, now)
-        if not self.bond.live_paths():
-            self._set_default_route(False)
-
-    def _handle_bond_events(self, now: float) -> None:
-        bond = self.bond
-        if bond is None:
-            return
-        while (event := bond.next_event()) is not None:
-            if isinstance(event, PathUp):
-                path = self.paths.get(event.path_id)
-                log.info("path %d up (%s)", event.path_id, path.wan.name if path else "?")
-            elif isinstance(event, PathDown):
-                log.info("path %d down: %s", event.path_id, event.reason)
-            elif isinstance(event, PeerClosed):
-                log.info("server closed the session; reconnecting")
-                self.channel.connect(now, time.time())
-        self._set_default_route(bool(bond.live_paths()))
+    def _log_session_event(self, event: ConnectionEvent) -> None:
+        if isinstance(event, SessionStarted):
+            log.info("session %08x established with %s", event.session, self.settings.connect)
+        elif isinstance(event, SessionEnded):
+            log.info("session %08x ended: %s", event.session, event.reason)
+        elif isinstance(event, HandshakeStarted):
+            if event.reason == REASON_SILENCE:
+                self.ratelog.log(logging.INFO, "silent", "nothing heard from the server for "
+                                 "%.1f s: new handshake", self.connection.config.silence_limit)
+            log.debug("handshake attempt %d (%s)", event.attempt, event.reason)
+        elif isinstance(event, HandshakeFailed):
+            self.ratelog.log(logging.WARNING, "hsfail", "handshake failed: %s", event.reason)
+        elif isinstance(event, KeysRotated):
+            log.debug("session %08x: keys rotated", event.session)
 
     def _set_default_route(self, present: bool) -> None:
-        """The default route into the tunnel exists exactly while some path is up."""
-        if present == self.default_route:
-            return
+        """The default route into the tunnel exists exactly while some path is up; what
+        the status says is what the kernel accepted."""
         for manager in self.routes:
             try:
                 if present:
-                    manager.ensure_present()
+                    mode = manager.ensure_present()
+                    if mode == "split":
+                        log.warning("table main already has a default route; routing all "
+                                    "traffic into the tunnel with two /1 routes via %s instead "
+                                    "(the existing default stays for when the tunnel is down)",
+                                    manager.gateway)
                 else:
                     manager.ensure_absent()
             except (RouteConflictError, OSError) as exc:
                 self.ratelog.log(logging.WARNING, f"route{manager.gateway}",
-                                 "default route via %s: %s", manager.gateway, exc)
-        self.default_route = present
-        log.info("default route via the tunnel %s", "added" if present else "removed")
+                                 "route via %s %s failed: %s", manager.gateway,
+                                 "add" if present else "removal", exc)
+        installed = any(manager.present for manager in self.routes)
+        log.info("route via the tunnel %s", "added" if installed else "removed")
 
-    # ------------------------------------------------------------------ WAN links
+    # -- the server's address -------------------------------------------------------------
+
+    async def _resolve_server(self) -> None:
+        """Resolve ``--connect-addr`` off the loop; on failure retry with back-off."""
+        target = self.settings.connect
+        now = self._now()
+        try:
+            infos = await self.loop.getaddrinfo(target.host, target.port,
+                                                type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            if self._resolve_failing_since is None:
+                self._resolve_failing_since = now
+                log.warning("cannot resolve the server %s (%s); retrying with back-off up to "
+                            "every %.0f s", target, exc.strerror or exc, RESOLVE_RETRY_MAX)
+            self._resolve_at = now + self._resolve_backoff
+            self._resolve_backoff = min(2 * self._resolve_backoff, RESOLVE_RETRY_MAX)
+            return
+        finally:
+            self._resolving = None
+        servers: dict[int, Address] = {}
+        for family, _type, _proto, _name, sockaddr in infos:
+            servers.setdefault(int(family), (str(sockaddr[0]), int(sockaddr[1])))
+        if self._resolve_failing_since is not None:
+            log.info("the server %s resolves now (%s), after %.0f s", target,
+                     ", ".join(a[0] for a in servers.values()),
+                     now - self._resolve_failing_since)
+        self._resolve_failing_since = None
+        self._resolve_backoff = RESOLVE_RETRY_FIRST
+        self._servers = servers
+        for wan in list(self.wans.values()):
+            if not wan.path_ids:
+                self._open_paths(wan, now)
+        self._after_work(now)
+
+    # -- WAN links ------------------------------------------------------------------------
 
     def _handle_wan_events(self, now: float) -> None:
         while (event := self.wan_table.next_event()) is not None:
@@ -356,15 +322,34 @@ class ClientRuntime:
             elif isinstance(event, WanAddressChanged):
                 self._wan_readdressed(event.old, event.new, now)
 
+    def _check_wans(self) -> None:
+        """Say it once when no WAN is left, and once when one is back."""
+        if not self.wans and not self._no_wan_warned:
+            self._no_wan_warned = True
+            log.warning("%s", NO_WAN_MESSAGE)
+        elif self.wans and self._no_wan_warned:
+            self._no_wan_warned = False
+            log.info("WAN links found: %s", ", ".join(sorted(self.wans)))
+
     def _wan_added(self, link: WanLink, now: float) -> None:
-        server = resolve_server(self.settings.connect, link.family)
-        if server is None:
-            self.ratelog.log(logging.WARNING, f"nofam{link.name}",
-                             "WAN %s: %s has no address of its family", link.name,
-                             self.settings.connect)
-            return
         wan = _Wan(link)
         self.wans[link.name] = wan
+        self._open_paths(wan, now)
+
+    def _open_paths(self, wan: _Wan, now: float) -> None:
+        link = wan.link
+        server = self._servers.get(link.family)
+        if server is None:
+            if self._servers:
+                self.ratelog.log(logging.WARNING, f"nofam{link.name}",
+                                 "WAN %s: the server %s has no address of its family",
+                                 link.name, self.settings.connect)
+            return  # no address yet: paths open when the name resolves
+        backup = self.settings.is_backup_wan(link.name)
+        rate = self.settings.link_rate_for(link.name)
+        rate_hint = (None if rate is None else
+                     LinkRate(send_bps=rate.up_mbps * 1e6 / self.settings.mux,
+                              receive_bps=rate.down_mbps * 1e6 / self.settings.mux))
         for mux_index in range(self.settings.mux):
             key = (link.name, mux_index)
             path_id = self._path_ids.setdefault(key, len(self._path_ids) + 1)
@@ -377,16 +362,12 @@ class ClientRuntime:
                 continue
             path = ClientPath(path_id, link, mux_index, sock, server)
             self.paths[path_id] = path
+            self._gone.pop(path_id, None)
             wan.path_ids.append(path_id)
             self.loop.add_reader(sock.fileno(), self._on_path_readable, path)
-            datagram = self.channel.initiation_for_path(path_id)
-            if datagram is not None:
-                with contextlib.suppress(OSError):
-                    sock.sendto(datagram, server)
-            if self.bond is not None:
-                self.bond.add_path(path_id, now)
-        log.info("WAN %s joined (%s, table %d): paths %s", link.name, link.address, link.table,
-                 wan.path_ids)
+            self.connection.add_path(path_id, now, backup=backup, rate_hint=rate_hint)
+        log.info("WAN %s joined (%s, table %d%s): paths %s", link.name, link.address,
+                 link.table, ", backup" if backup else "", wan.path_ids)
 
     def _wan_removed(self, link: WanLink, reason: str, now: float) -> None:
         wan = self.wans.pop(link.name, None)
@@ -394,8 +375,9 @@ class ClientRuntime:
             return
         log.info("WAN %s left: %s", link.name, reason)
         for path_id in wan.path_ids:
-            if self.bond is not None:
-                self.bond.remove_path(path_id, now, f"{link.name} {reason}")
+            self.connection.remove_path(path_id, now, f"{link.name} {reason}")
+            self._gone[path_id] = _GonePath(link.name, str(link.address), f"{link.name} {reason}",
+                                            now)
             self._close_path(path_id)
 
     def _wan_readdressed(self, old: WanLink, new: WanLink, now: float) -> None:
@@ -406,6 +388,9 @@ class ClientRuntime:
             return
         log.info("WAN %s moved from %s to %s; rebinding", old.name, old.address, new.address)
         wan.link = new
+        if not wan.path_ids:
+            self._open_paths(wan, now)
+            return
         for path_id in wan.path_ids:
             path = self.paths.get(path_id)
             if path is None:
@@ -428,41 +413,53 @@ class ClientRuntime:
             self.loop.remove_reader(path.sock.fileno())
         path.sock.close()
 
-    # ------------------------------------------------------------------ status
+    # -- status ---------------------------------------------------------------------------
 
     def snapshot(self) -> dict[str, object]:
-        now = self.loop.time()
-        snap = self.bond.snapshot() if self.bond is not None else None
-        paths = path_rows(snap, now)
-        for row in paths:
+        now = self._now()
+        conn = self.connection
+        snap = conn.bond_snapshot(now)
+        rows = path_rows(snap)
+        for row in rows:
             path = self.paths.get(int(str(row["path_id"])))
             if path is not None:
                 row["wan"] = path.wan.name
                 row["local"] = str(path.wan.address)
                 row["tx_errors"] = path.tx_errors
-        known = {row["path_id"] for row in paths}
+        listed = {row["path_id"] for row in rows}
         for path_id, path in self.paths.items():
-            if path_id not in known:
-                paths.append({"path_id": path_id, "wan": path.wan.name, "state": "connecting",
-                              "local": str(path.wan.address)})
-        drops = dict(self.channel.stats.as_dict())
+            if path_id not in listed:
+                rows.append({"path_id": path_id, "wan": path.wan.name, "state": "connecting",
+                             "local": str(path.wan.address)})
+        for path_id, gone in self._gone.items():
+            if path_id not in listed and path_id not in self.paths:
+                rows.append({"path_id": path_id, "wan": gone.wan, "state": "down",
+                             "local": gone.local, "down_reason": gone.reason,
+                             "since_s": round(now - gone.since, 1)})
+        drops = dict(conn.channel_stats.as_dict())
         if snap is not None:
             drops.update({f"bond_{k}": v for k, v in snap.drops.items()})
+        counters = self.counters.as_dict()
+        counters.update({f"conn_{k}": v for k, v in conn.counters.as_dict().items()})
         tun = self.tun
         return {
             "role": "client",
             "version": __version__,
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "session": None if self.session is None else f"{self.session:08x}",
+            "uptime_s": self.uptime(),
+            "session": None if conn.session is None else f"{conn.session:08x}",
             "server": str(self.settings.connect),
+            "channel": {**channel_summary(self.settings), "rekeys": conn.counters.rekeys},
+            "balance": snap.balance if snap is not None else self.settings.balance,
+            "reorder": asdict(snap.reorder) if snap is not None else None,
             "tunnel": {"device": tun.name if tun else None,
+                       "tunnel_id": self.settings.tunnel_id,
                        "address": str(self.settings.client_tunnel_address),
                        "mtu": tun.mtu if tun else None,
-                       "default_route": self.default_route},
+                       "default_route": any(m.present for m in self.routes)},
             "wans": {name: str(w.link.address) for name, w in self.wans.items()},
-            "counters": self.counters.as_dict(),
+            "counters": counters,
             "drops": drops,
-            "paths": sorted(paths, key=lambda r: int(str(r["path_id"]))),
+            "paths": sorted(rows, key=lambda r: int(str(r["path_id"]))),
         }
 
 

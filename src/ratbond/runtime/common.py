@@ -7,15 +7,12 @@ import hashlib
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any
 
-from ratbond.bond import BondConfig
-from ratbond.config import KCP_MTU, CommonSettings, HostPort
+from ratbond.bond import BondConfig, BondSnapshot
+from ratbond.config import KCP_MTU, CommonSettings, read_token
+from ratbond.connection import ConnectionConfig
 from ratbond.crypto import ChannelConfig
-
-#: A UDP peer address: (host, port); an IPv6 socket reports (host, port, flowinfo, scope_id),
-#: which is passed back to sendto() as it came.
-Address = tuple[str, int]
+from ratbond.wire import pack_tunnel_info
 
 # Datagrams or packets handled per fd callback before yielding to the loop: big enough to
 # amortise the loop's overhead, small enough that one busy fd cannot starve the others.
@@ -32,7 +29,7 @@ class Counters:
     tun_tx_errors: int = 0
     tx_socket_full: int = 0
     tx_no_socket: int = 0
-    rx_datagrams: int = 0
+    rx_datagrams: int = 0  # read from the sockets, before any check
 
     def as_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -40,13 +37,36 @@ class Counters:
 
 def channel_config(settings: CommonSettings) -> ChannelConfig:
     """The secure channel's mode from ``--aes``/``--secret`` (stretches the secret once)."""
-    return ChannelConfig.from_options(aes=settings.aes, secret=settings.secret,
-                                      cipher=settings.cipher)
+    return ChannelConfig.from_options(
+        aes=settings.aes, secret=settings.secret, cipher=settings.cipher,
+        tunnel_info=pack_tunnel_info(settings.tunnel_ip, settings.tunnel_ip6))
+
+
+def connection_config(settings: CommonSettings) -> ConnectionConfig:
+    """Everything one end's connection object needs from the validated settings."""
+    return ConnectionConfig(channel_config(settings), bond_config(settings))
+
+
+def channel_summary(settings: CommonSettings) -> dict[str, object]:
+    """The channel's mode for status views (never anything derived from the secret)."""
+    if settings.secret is None:
+        return {"mode": "plaintext", "cipher": None}
+    if settings.aes:
+        return {"mode": "encrypted", "cipher": settings.cipher}
+    return {"mode": "authenticated", "cipher": None}
+
+
+def status_token(settings: CommonSettings) -> str | None:
+    """The bearer token the status endpoint requires, if ``--http-token-file`` was given."""
+    if settings.http_token_file is None:
+        return None
+    return read_token(settings.http_token_file)
 
 
 def bond_config(settings: CommonSettings) -> BondConfig:
     return BondConfig(
         balance=settings.balance,
+        duplicate=settings.duplicate,
         hello_interval=settings.hello_interval,
         dead_after=settings.dead_after,
         kcp_engine=settings.kcp_engine,
@@ -56,22 +76,11 @@ def bond_config(settings: CommonSettings) -> BondConfig:
     )
 
 
-def resolve_server(target: HostPort, family: int) -> tuple[str, int] | None:
-    """The server's address in the WAN's address family, or None if it has none."""
-    try:
-        infos = socket.getaddrinfo(target.host, target.port, family, socket.SOCK_DGRAM)
-    except OSError:
-        return None
-    for _family, _type, _proto, _name, sockaddr in infos:
-        return (str(sockaddr[0]), int(sockaddr[1]))
-    return None
-
-
-def path_rows(snapshot: Any, now: float) -> list[dict[str, object]]:
+def path_rows(snapshot: BondSnapshot | None) -> list[dict[str, object]]:
     """Per-path rows for the status page from a bond snapshot (or none)."""
     if snapshot is None:
         return []
-    rows = []
+    rows: list[dict[str, object]] = []
     for path_id, path in sorted(snapshot.paths.items()):
         row: dict[str, object] = {"path_id": path_id}
         row.update(dataclasses.asdict(path))
