@@ -3,7 +3,7 @@
 Two bonds with two paths each, wired back to back over a lossless zero-delay "network"
 (datagrams handed straight to the peer), the C KCP engine, 1,300-byte IP packets over
 8 UDP flows.  Measures packets/s through send_packet -> datagrams_to_send -> receive ->
-packets_received (ACKs flow back the same way) for consistent and round-robin
+packets_received (ACKs flow back the same way) for consistent, round-robin and adaptive
 scheduling, next to two bare KCP sessions moving the same bytes (the floor the bond
 layer adds to).  The clock is the real monotonic clock, so KCP timers behave as in the
 shell.  Writes bench/results/bond_core.json.
@@ -55,6 +55,23 @@ def make_packets() -> list[bytes]:
     return packets
 
 
+def exchange(client: Bond, server: Bond, now: float) -> int:
+    """One shell iteration for both bonds: timers, datagrams both ways; packets out."""
+    for bond in (client, server):
+        timer = bond.get_timer()
+        if timer is not None and timer <= now:
+            bond.handle_timer(now)
+    receive = server.receive
+    for path_id, datagram in client.datagrams_to_send():
+        if not server.has_path(path_id):
+            server.add_path(path_id, now)
+        receive(path_id, datagram, now)
+    receive = client.receive
+    for path_id, datagram in server.datagrams_to_send():
+        receive(path_id, datagram, now)
+    return len(server.packets_received())
+
+
 def run_bond(balance: Balance, engine: EngineName, seconds: float) -> dict[str, Any]:
     config = BondConfig(balance=balance, kcp_engine=engine)
     clock = time.monotonic
@@ -62,25 +79,9 @@ def run_bond(balance: Balance, engine: EngineName, seconds: float) -> dict[str, 
     for path_id in (1, 2):
         client.add_path(path_id, clock())
 
-    def exchange() -> int:
-        now = clock()
-        for bond in (client, server):
-            timer = bond.get_timer()
-            if timer is not None and timer <= now:
-                bond.handle_timer(now)
-        receive = server.receive
-        for path_id, datagram in client.datagrams_to_send():
-            if not server.has_path(path_id):
-                server.add_path(path_id, now)
-            receive(path_id, datagram, now)
-        receive = client.receive
-        for path_id, datagram in server.datagrams_to_send():
-            receive(path_id, datagram, now)
-        return len(server.packets_received())
-
     deadline = clock() + 1.0
     while client.live_paths() != [1, 2] and clock() < deadline:
-        exchange()
+        exchange(client, server, clock())
     if client.live_paths() != [1, 2]:
         raise RuntimeError("paths did not come up")
 
@@ -96,10 +97,10 @@ def run_bond(balance: Balance, engine: EngineName, seconds: float) -> dict[str, 
                 sent += 1
             else:
                 refused += 1
-        delivered += exchange()
+        delivered += exchange(client, server, clock())
         now = clock()
     while delivered < sent and clock() < end + 5.0:
-        delivered += exchange()
+        delivered += exchange(client, server, clock())
     elapsed = clock() - start
     snapshot = client.snapshot()
     return {
@@ -175,6 +176,7 @@ def main() -> None:
         run_bare_kcp(engine, args.seconds),
         run_bond("consistent", engine, args.seconds),
         run_bond("roundrobin", engine, args.seconds),
+        run_bond("adaptive", engine, args.seconds),
     ]
     print(f"bond core, {PACKET_SIZE}-byte packets, {FLOWS} flows, 2 paths, engine {engine}")
     for result in results:

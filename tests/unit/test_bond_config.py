@@ -9,7 +9,7 @@ from ratbond.bond import BondConfig
 
 def test_defaults_are_valid_and_documented_values() -> None:
     config = BondConfig()
-    assert (config.balance, config.hello_interval, config.dead_after) == ("consistent", 2.0, 10.0)
+    assert (config.balance, config.hello_interval, config.dead_after) == ("adaptive", 2.0, 10.0)
     assert (config.kcp_mtu, config.kcp_interval_ms, config.snd_wnd) == (1400, 10, 1024)
     assert config.reorder_timeout is None
     assert config.queue_limit == 2048

@@ -7,7 +7,7 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ratbond.bond.flow import UNPARSABLE_KEY, flow_key
+from ratbond.bond.flow import BULK, REALTIME, SMALL, UNPARSABLE_KEY, flow_key, packet_class
 
 V4_A = bytes([10, 0, 0, 1])
 V4_B = bytes([10, 0, 0, 2])
@@ -15,8 +15,9 @@ V6_A = bytes.fromhex("20010db8000000000000000000000001")
 V6_B = bytes.fromhex("20010db8000000000000000000000002")
 
 
-def ipv4(proto: int, payload: bytes, *, ihl: int = 5, frag: int = 0, src: bytes = V4_A,
-         dst: bytes = V4_B) -> bytes:
+def ipv4(
+    proto: int, payload: bytes, *, ihl: int = 5, frag: int = 0, src: bytes = V4_A, dst: bytes = V4_B
+) -> bytes:
     options = bytes((ihl - 5) * 4)
     header = struct.pack(
         ">BBHHHBBH4s4s",
@@ -55,14 +56,17 @@ def test_ipv4_tcp_and_udp_are_keyed_by_five_tuple() -> None:
 def test_a_packet_and_its_reply_share_a_key() -> None:
     """Data one way and ACKs the other way must ride one path, or a flow depends on two."""
     assert flow_key(ipv4(6, ports(1000, 80))) == flow_key(
-        ipv4(6, ports(80, 1000), src=V4_B, dst=V4_A))
+        ipv4(6, ports(80, 1000), src=V4_B, dst=V4_A)
+    )
     assert flow_key(ipv6(17, ports(5000, 53))) == flow_key(
-        ipv6(17, ports(53, 5000), src=V6_B, dst=V6_A))
+        ipv6(17, ports(53, 5000), src=V6_B, dst=V6_A)
+    )
     assert flow_key(ipv4(1, bytes(8))) == flow_key(ipv4(1, bytes(8), src=V4_B, dst=V4_A))
     assert flow_key(ipv6(58, bytes(8))) == flow_key(ipv6(58, bytes(8), src=V6_B, dst=V6_A))
     # ...while the two directions of *different* port pairs stay apart.
     assert flow_key(ipv4(6, ports(1000, 80))) != flow_key(
-        ipv4(6, ports(1000, 80), src=V4_B, dst=V4_A))
+        ipv4(6, ports(1000, 80), src=V4_B, dst=V4_A)
+    )
 
 
 def test_ipv4_options_are_skipped_to_find_the_ports() -> None:
@@ -148,3 +152,42 @@ def test_flow_key_never_raises_on_garbage(data: bytes) -> None:
 def test_flow_key_never_raises_on_ip_like_garbage(first: int, rest: bytes) -> None:
     key = flow_key(bytes([first]) + rest)
     assert key
+
+
+def with_dscp(packet: bytes, dscp: int) -> bytes:
+    """``packet`` (IPv4 or IPv6) with its DSCP set."""
+    data = bytearray(packet)
+    if data[0] >> 4 == 4:
+        data[1] = dscp << 2
+    else:
+        data[0] = 0x60 | dscp >> 2
+        data[1] = (dscp & 0x03) << 6
+    return bytes(data)
+
+
+def test_packet_classes_bulk_small_and_realtime() -> None:
+    big = bytes(300)
+    assert packet_class(ipv4(6, ports(40000, 443) + big)) == BULK
+    assert packet_class(ipv4(17, ports(40000, 5201) + big)) == BULK
+    assert packet_class(ipv6(6, ports(40000, 443) + big)) == BULK
+    # Under SMALL_PACKET bytes (every pure ACK), ICMP of any size, DNS of any size.
+    assert packet_class(ipv4(6, ports(40000, 443))) == SMALL
+    assert packet_class(ipv4(1, big)) == SMALL
+    assert packet_class(ipv6(58, big)) == SMALL
+    assert packet_class(ipv4(17, ports(53, 40000) + big)) == SMALL
+    assert packet_class(ipv4(17, ports(40000, 53) + big, ihl=6)) == SMALL
+    assert packet_class(ipv6(17, ports(40000, 53) + big)) == SMALL
+    # DSCP EF (46) and CS5 (40) are real time whatever their size; AF41 (34) is not.
+    for make in (ipv4, ipv6):
+        assert packet_class(with_dscp(make(17, ports(1, 2) + big), 46)) == REALTIME
+        assert packet_class(with_dscp(make(6, ports(1, 2) + big), 40)) == REALTIME
+        assert packet_class(with_dscp(make(6, ports(1, 2) + big), 34)) == BULK
+    # A fragment's ports are not read (its payload is not a UDP header).
+    assert packet_class(ipv4(17, ports(40000, 53) + big, frag=0x2000)) == BULK
+    assert packet_class(b"") == SMALL
+    assert packet_class(b"\x99" + big) == BULK
+
+
+@given(st.binary(max_size=300))
+def test_packet_class_never_raises(packet: bytes) -> None:
+    assert packet_class(packet) in (BULK, SMALL, REALTIME)

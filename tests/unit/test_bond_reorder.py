@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ratbond.bond.reorder import ReorderBuffer
+from ratbond.bond.reorder import MAX_JUMP, DedupWindow, ReorderBuffer
 
 
 def packet(seq: int) -> bytes:
@@ -118,14 +118,25 @@ def test_window_bound_releases_oldest_gap() -> None:
 
 def test_far_jump_does_not_walk_the_whole_sequence_space() -> None:
     sink = Sink(max_packets=8)
+    JUMP = MAX_JUMP - 1  # noqa: N806 - the farthest jump accepted
     sink.push(3)
-    sink.push(2**30)  # the window moves to end at 2**30; everything before is given up
+    sink.push(JUMP)  # the window moves to end at JUMP; everything before is given up
     assert sink.out == [packet(3)]
-    assert sink.buffer.expected_seq == 2**30 - 7
+    assert sink.buffer.expected_seq == JUMP - 7
     stats = sink.buffer.stats()
-    assert (stats.held, stats.skipped) == (1, 2**30 - 8)
+    assert (stats.held, stats.skipped) == (1, JUMP - 8)
     sink.buffer.expire(1.0)
-    assert sink.out == [packet(3), packet(2**30)]
+    assert sink.out == [packet(3), packet(JUMP)]
+
+
+def test_jump_of_max_jump_or_more_is_rejected_so_no_seq_comes_back_ahead() -> None:
+    sink = Sink(max_packets=1, timeout=0.0)
+    for step, seq in enumerate([0, 2**31, 0]):  # three half-space jumps would wrap
+        sink.push(seq, float(step))
+        sink.buffer.expire(float(step))
+    assert sink.out == [packet(0)]
+    assert sink.buffer.stats().rejected == 1
+    assert sink.buffer.stats().duplicates == 1
 
 
 def test_byte_bound_releases_oldest_gap() -> None:
@@ -161,3 +172,68 @@ def test_arbitrary_sequence_numbers_never_duplicate_output(seqs: list[int], wind
         sink.buffer.expire(float(step))
     assert len(sink.out) == len(set(sink.out))
     assert set(sink.out) <= {packet(seq) for seq in seqs}
+
+
+def test_express_packets_go_out_at_once_and_fill_their_place() -> None:
+    sink = Sink(timeout=0.25)
+    sink.push(0)
+    sink.buffer.pass_through(2, packet(2), 1.0)  # ahead of a gap, yet out at once
+    assert sink.out == [packet(0), packet(2)]
+    sink.push(3, 1.0)
+    assert sink.out == [packet(0), packet(2)]  # ordinary DATA still waits for seq 1
+    assert sink.buffer.deadline() == 1.25
+    sink.push(1, 1.1)
+    assert sink.out == [packet(0), packet(2), packet(1), packet(3)]  # 2 is not repeated
+    sink.buffer.pass_through(2, packet(2), 1.2)  # a second copy
+    stats = sink.buffer.stats()
+    assert (stats.passed, stats.duplicates, stats.held) == (1, 1, 0)
+
+
+def test_give_up_timer_fires_exactly_and_a_late_packet_still_goes_out() -> None:
+    sink = Sink(timeout=0.25)
+    sink.push(0, 0.0)
+    sink.push(2, 1.0)
+    sink.buffer.expire(1.2499)
+    assert sink.out == [packet(0)]
+    assert sink.buffer.deadline() == 1.25
+    sink.buffer.expire(1.25)
+    assert sink.out == [packet(0), packet(2)]
+    assert sink.buffer.stats().gave_up == 1
+    sink.push(1, 1.5)
+    assert sink.out == [packet(0), packet(2), packet(1)]
+    assert sink.buffer.stats().late == 1
+
+
+def test_an_adaptive_timeout_grows_to_what_gaps_really_waited() -> None:
+    sink = Sink(timeout=0.05)
+    sink.buffer.adapt_up_to = 1.0
+    sink.push(0, 0.0)
+    sink.push(2, 1.0)
+    sink.push(1, 1.08)  # seq 2 waited 80 ms for its gap
+    assert sink.buffer.observed_wait == pytest.approx(0.08)
+    assert sink.buffer.timeout == pytest.approx(1.25 * 0.08)
+    # Given up too early, a late arrival says how long the gap needed: 300 ms.
+    sink.push(4, 2.0)
+    sink.buffer.expire(2.1)
+    sink.push(3, 2.3)
+    assert sink.buffer.stats().late == 1
+    assert sink.buffer.timeout == pytest.approx(1.25 * 0.3)
+    # Gaps given up because their path died are not held against the timeout.
+    sink.push(6, 3.0)
+    sink.buffer.expire(float("inf"))
+    sink.push(5, 3.9)
+    assert sink.buffer.timeout == pytest.approx(1.25 * 0.3)
+    # A fixed timeout (no adapt_up_to) never moves.
+    fixed = Sink(timeout=0.05)
+    fixed.push(0, 0.0)
+    fixed.push(2, 1.0)
+    fixed.push(1, 1.08)
+    assert fixed.buffer.timeout == 0.05
+
+
+def test_dedup_window_passes_each_seq_once_within_its_window() -> None:
+    window = DedupWindow(size=8)
+    assert [window.fresh(seq) for seq in (1, 2, 1, 3, 2)] == [True, True, False, True, False]
+    assert window.duplicates == 2
+    assert window.fresh(9)  # same slot as 1: 1 is forgotten, 9 is new
+    assert window.fresh(1)  # beyond the window: seen as new again (the bound's price)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import pytest
 
 from ratbond.bond.scheduler import (
+    SMALL_HEADROOM,
+    AdaptiveScheduler,
     ConsistentScheduler,
-    EarliestDeliveryScheduler,
     hrw_score,
 )
 
@@ -106,7 +107,7 @@ class FakeLane:
 
 def spray(lanes: list[FakeLane], packets: int) -> list[int]:
     """Pick ``packets`` times, queueing each packet on its lane; lane indexes chosen."""
-    scheduler: EarliestDeliveryScheduler[FakeLane] = EarliestDeliveryScheduler()
+    scheduler: AdaptiveScheduler[FakeLane] = AdaptiveScheduler()
     scheduler.set_paths(lanes)
     chosen = []
     for _ in range(packets):
@@ -117,7 +118,7 @@ def spray(lanes: list[FakeLane], packets: int) -> list[int]:
     return chosen
 
 
-def test_earliest_delivery_shares_packets_in_proportion_to_rates() -> None:
+def test_adaptive_shares_packets_in_proportion_to_rates() -> None:
     lanes = [FakeLane(0, 10_000, 3000.0, 0.04), FakeLane(0, 10_000, 1000.0, 0.04)]
     counts = Counter(spray(lanes, 4000))
     assert counts[0] == pytest.approx(3000, abs=2)
@@ -126,16 +127,17 @@ def test_earliest_delivery_shares_packets_in_proportion_to_rates() -> None:
 
 def test_equal_lanes_take_turns_instead_of_the_first_taking_everything() -> None:
     # Four twin links whose half RTTs differ by less than TIE_SECONDS: a tie.
-    lanes = [FakeLane(0, 10_000, 1000.0, rtt, window=1000)
-             for rtt in (0.0010, 0.0012, 0.0014, 0.0016)]
+    lanes = [
+        FakeLane(0, 10_000, 1000.0, rtt, window=1000) for rtt in (0.0010, 0.0012, 0.0014, 0.0016)
+    ]
     assert Counter(spray(lanes, 400)) == {0: 100, 1: 100, 2: 100, 3: 100}
-    # A clearly shorter path still wins while it has room.
-    lanes = [FakeLane(0, 10_000, 1000.0, 0.002, window=1000), FakeLane(0, 10_000, 1000.0,
-                                                                     0.004, window=1000)]
-    assert Counter(spray(lanes, 100)) == {0: 100}
+    # A clearly shorter path still wins while its queue costs less than the difference
+    # (1 ms of half RTT; 10 packets at 100,000 segments/s queue 0.1 ms).
+    lanes = [FakeLane(0, 10_000, 100_000.0, 0.002), FakeLane(0, 10_000, 100_000.0, 0.004)]
+    assert Counter(spray(lanes, 10)) == {0: 10}
 
 
-def test_earliest_delivery_gives_a_long_path_packets_only_once_short_ones_queue() -> None:
+def test_adaptive_gives_a_long_path_packets_only_once_short_ones_queue() -> None:
     # Equal rates, 100 ms more RTT: the long path is worth it behind 50 ms of queue.
     lanes = [FakeLane(0, 10_000, 1000.0, 0.02), FakeLane(0, 10_000, 1000.0, 0.12)]
     chosen = spray(lanes, 200)
@@ -143,20 +145,72 @@ def test_earliest_delivery_gives_a_long_path_packets_only_once_short_ones_queue(
     assert Counter(chosen[50:]) == {0: 75, 1: 75}
 
 
-def test_earliest_delivery_fills_a_window_before_counting_the_rate() -> None:
-    # Path 1 looks slow (a rate measured under light load) but has a free window of 20:
-    # those packets leave at once, so they go there as soon as path 0 queues 20 ms.
-    lanes = [FakeLane(0, 10_000, 1000.0, 0.02), FakeLane(0, 10_000, 10.0, 0.02, window=20)]
-    chosen = spray(lanes, 100)
-    assert Counter(chosen) == {0: 80, 1: 20}
-    assert chosen[:20] == [1] * 20  # its free window delivers sooner than any queue
+def test_the_whole_queue_counts_at_the_estimated_rate() -> None:
+    # Path 1 is estimated ten times slower: each packet queued there costs 100 ms, so it
+    # gets one packet for every ten that path 0 takes, however free its window is.
+    lanes = [FakeLane(0, 10_000, 1000.0, 0.02), FakeLane(0, 10_000, 100.0, 0.02, window=20)]
+    chosen = spray(lanes, 110)
+    assert Counter(chosen) == {0: 100, 1: 10}
 
 
-def test_earliest_delivery_skips_full_paths_and_gives_up_when_all_are_full() -> None:
+def test_a_copy_whose_arrival_overshoots_the_reorder_budget_is_not_sent() -> None:
+    # A 600 ms path next to a 20 ms one, a 100 ms budget: a second copy of a packet on
+    # the short path would come 290 ms after the first, so none is sent; the other way
+    # round the copy is worth it.
+    lanes = [FakeLane(0, 10_000, 1000.0, 0.02), FakeLane(0, 10_000, 1000.0, 0.6)]
+    scheduler: AdaptiveScheduler[FakeLane] = AdaptiveScheduler()
+    scheduler.set_paths(lanes)
+    scheduler.budget = 0.1
+    assert scheduler.pick_other(lanes[0]) is None
+    assert scheduler.pick_other(lanes[1]) is lanes[0]
+    # Bulk packets are not bound by it: the long path is used once the short one queues
+    # 290 ms, as arrivals say.
+    chosen = spray(lanes, 300)
+    assert chosen[:290] == [0] * 290
+    assert 1 in chosen[290:]
+
+
+def test_a_lane_that_would_arrive_beyond_the_budget_behind_a_full_one_gets_nothing() -> None:
+    # The 20 ms lane is full (100 segments: its last arrives 10 + 101 ms on); the 600 ms
+    # lane has room but its packet would arrive 300 ms on: 190 ms after, over the budget.
+    lanes = [FakeLane(0, 100, 1000.0, 0.02), FakeLane(0, 10_000, 1000.0, 0.6)]
+    scheduler: AdaptiveScheduler[FakeLane] = AdaptiveScheduler()
+    scheduler.set_paths(lanes)
+    scheduler.budget = 0.1
+    chosen = []
+    while (lane := scheduler.pick()) is not None:
+        lane.queued += 1
+        chosen.append(lanes.index(lane))
+    assert chosen == [0] * 100
+    scheduler.budget = 0.2  # a hold long enough: the long lane is worth it now
+    assert scheduler.pick() is lanes[1]
+
+
+def test_small_packets_take_the_lowest_rtt_lane_with_room() -> None:
+    lanes = [
+        FakeLane(500, 10_000, 1000.0, 0.05),
+        FakeLane(0, 10_000, 5000.0, 0.08),
+        FakeLane(0, 10, 1000.0, 0.01),
+    ]
+    scheduler: AdaptiveScheduler[FakeLane] = AdaptiveScheduler()
+    scheduler.set_paths(lanes)
+    assert scheduler.pick_fastest() is lanes[2]
+    lanes[2].queued = 10  # full for bulk, not for small packets
+    assert scheduler.pick() is not lanes[2]
+    assert scheduler.pick_fastest() is lanes[2]
+    lanes[2].queued = 10 + SMALL_HEADROOM  # past the headroom too
+    assert scheduler.pick_fastest() is lanes[0]  # lowest RTT, whatever its queue
+    assert scheduler.pick_fastest(exclude=lanes[0]) is lanes[1]
+    assert scheduler.pick_other(lanes[1]) is lanes[0]
+    lanes[2].queued = 10
+    assert scheduler.pick_any() is lanes[2]  # full, but the earliest arrival (resends)
+
+
+def test_adaptive_skips_full_paths_and_gives_up_when_all_are_full() -> None:
     lanes = [FakeLane(0, 5, 1000.0, 0.01), FakeLane(0, 3, 10.0, 0.5)]
     chosen = spray(lanes, 8)
     assert Counter(chosen) == {0: 5, 1: 3}
-    scheduler: EarliestDeliveryScheduler[FakeLane] = EarliestDeliveryScheduler()
+    scheduler: AdaptiveScheduler[FakeLane] = AdaptiveScheduler()
     scheduler.set_paths(lanes)
     assert scheduler.pick() is None
-    assert EarliestDeliveryScheduler[FakeLane]().pick() is None
+    assert AdaptiveScheduler[FakeLane]().pick() is None

@@ -7,53 +7,105 @@ The shell feeds TUN packets to :meth:`Bond.send_packet` and authenticated KCP by
 
 Ordering at the receiver follows the *sender's* scheduler, announced in its HELLOs:
 
-* a sender that sprays (round-robin) puts one flow on several paths, so its DATA goes
-  through a :class:`~ratbond.bond.reorder.ReorderBuffer` keyed by the bond ``seq``;
+* a sender that sprays (``roundrobin``, ``adaptive``, ``redundant``) puts one flow on
+  several paths, so its DATA goes through a :class:`~ratbond.bond.reorder.ReorderBuffer`
+  keyed by the bond ``seq`` (EXPRESS messages, small latency-sensitive packets, go out
+  at once but still fill their place);
 * a consistent-hashing sender keeps each flow on one path and each path's KCP delivers in
-  order, so its DATA is handed out at once: a global buffer would only hold every flow
-  behind another path's gap (head-of-line blocking across unrelated flows) and add
-  latency without restoring any order that matters.  A flow that moves because its path
-  died loses that path's in-flight packets anyway, so nothing can overtake them.
+  order, so its DATA is handed out at once (a global buffer would only hold every flow
+  behind another path's gap), through a :class:`~ratbond.bond.reorder.DedupWindow`.
+
+Either way a ``seq`` is handed out once: DATA that a dying path may not have delivered is
+sent again over the survivors (``BondConfig.resend_on_death``), and ``redundant`` /
+``duplicate`` send copies on purpose; the first copy wins.
 
 KCP is flushed once per batch: sends and receives mark their path dirty and
 :meth:`Bond.datagrams_to_send` flushes the dirty ones (which also sends ACKs promptly).
-Unacknowledged DATA of a path that dies is lost with its KCP session (the engines do not
-expose their send buffers); the flows' own transports recover it.
+An idle path (nothing queued or in flight) asks for no KCP tick, only its HELLO and
+liveness deadlines.
 """
 
 from __future__ import annotations
 
 import math
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Final
 
 from ratbond.bond import messages
-from ratbond.bond.config import BondConfig
+from ratbond.bond.config import BondConfig, LinkRate
 from ratbond.bond.events import BondEvent, PathDown, PathUp, PeerClosed
-from ratbond.bond.flow import flow_key
+from ratbond.bond.flow import BULK, REALTIME, SMALL_PACKET, flow_key, packet_class
+from ratbond.bond.messages import Drop
 from ratbond.bond.path import (
+    DOWN_CLOSED,
     DOWN_PEER_CLOSED,
     DOWN_PEER_LINKDOWN,
     DOWN_STALLED,
     Path,
+    PathState,
     epoch_newer,
     to_ms,
 )
-from ratbond.bond.reorder import ReorderBuffer
-from ratbond.bond.scheduler import ConsistentScheduler, EarliestDeliveryScheduler
+from ratbond.bond.reorder import OBSERVED_MARGIN, DedupWindow, ReorderBuffer
+from ratbond.bond.scheduler import (
+    AdaptiveScheduler,
+    ConsistentScheduler,
+)
 from ratbond.bond.stats import BondSnapshot, PathSnapshot
+from ratbond.kcp.core import OVERHEAD as KCP_OVERHEAD
 
 _U32: Final = 0xFFFFFFFF
-_KCP_HEADER: Final = 24
-_DATA_HEADER = messages.DATA_HEADER
+#: Bytes of a KCP segment header: shorter datagrams are not KCP.
+KCP_HEADER: Final = KCP_OVERHEAD
 _DATA: Final = messages.DATA
+_EXPRESS: Final = messages.EXPRESS
+_DATA_KINDS: Final = frozenset({_DATA, _EXPRESS})
+_DATA_HEADER_SIZE: Final = messages.DATA_HEADER.size
+_pack_header = messages.DATA_HEADER.pack  # encode_data(), inlined on the hot path
+_unpack_seq = messages.SEQ.unpack_from  # data_seq(), inlined on the hot path
+_unpack_conv = struct.Struct("<I").unpack_from  # a KCP datagram's conversation id
+
+_PARKED: Final = PathState.PARKED
+_IPV4_NO_OPTIONS: Final = 0x45
+_PROTO: Final = 9  # offset of the IPv4 protocol byte
+_TCP: Final = 6
+_UDP: Final = 17
+_DNS: Final = 53
+_UP: Final = PathState.UP
 
 #: Bounds of the adaptive reorder timeout (seconds).
 REORDER_TIMEOUT_MIN: Final = 0.02
 REORDER_TIMEOUT_MAX: Final = 1.0
 #: Adaptive timeout before any RTT is known (KCP's initial RTO is 200 ms).
 REORDER_TIMEOUT_INITIAL: Final = 0.2
+#: Added to the delay spread: KCP ticks, pacing bursts and estimate errors (seconds).
+REORDER_SLACK: Final = 0.015
+#: Jitter (srtt above the minimum RTT) counts this many times in the hold.
+REORDER_JITTER_GAIN: Final = 2.0
+#: A path losing more than this fraction makes the hold cover one fast retransmission
+#: (about one minimum RTT of the slowest live path).
+REORDER_LOSS_THRESHOLD: Final = 0.001
+
+#: Consistent hashing re-places flows only when a path's capacity weight changed by
+#: more than this factor since it was applied (so flows do not move every tick).
+WEIGHT_CHANGE_FACTOR: Final = 2.0
+#: How often capacity weights are compared with the applied ones (seconds).
+WEIGHT_REFRESH_INTERVAL: Final = 1.0
+
+_CONSISTENT: Final = 0
+_ROUNDROBIN: Final = 1
+_ADAPTIVE: Final = 2
+_REDUNDANT: Final = 3
+_MODES: Final = {
+    "consistent": _CONSISTENT,
+    "roundrobin": _ROUNDROBIN,
+    "adaptive": _ADAPTIVE,
+    "redundant": _REDUNDANT,
+}
+#: Lowest packet class that gets a second copy, per ``BondConfig.duplicate``.
+_DUPLICATE_FROM: Final = {"none": REALTIME + 1, "small": BULK + 1, "ef": REALTIME}
 
 
 class BondError(Exception):
@@ -93,15 +145,23 @@ class Bond:
     def __init__(self, config: BondConfig, now: float) -> None:
         self._config = config
         self._now = now
-        self._sprays = config.balance == "roundrobin"
+        self._mode = _MODES[config.balance]
+        self._sprays = self._mode != _CONSISTENT
+        # Packets of this class or above get a second copy (every one when redundant).
+        self._copy_from = BULK if self._mode == _REDUNDANT else _DUPLICATE_FROM[config.duplicate]
+        # Round-robin is the adaptive scheduler without the small-packet lane.
+        self._classify = self._mode >= _ADAPTIVE or config.duplicate != "none"
         self._paths: dict[int, Path] = {}
         self._epochs: dict[int, int] = {}  # last epoch per path id, kept across removal
         self._live: tuple[int, ...] = ()
+        self._lanes: tuple[Path, ...] = ()  # live paths that may carry DATA now
         self._weights: dict[int, float] = {}
+        self._applied_capacity: dict[int, float] = {}
+        self._weights_at = now
         self._consistent = ConsistentScheduler()
-        self._spray: EarliestDeliveryScheduler[Path] = EarliestDeliveryScheduler()
+        self._adaptive: AdaptiveScheduler[Path] = AdaptiveScheduler()
+        self._pick_adaptive = self._adaptive.pick
         self._pick_flow = self._consistent.pick
-        self._pick_lane = self._spray.pick
         self._outbox: list[tuple[int, bytes]] = []
         self._inbox: list[bytes] = []
         self._inbox_append = self._inbox.append
@@ -109,6 +169,7 @@ class Bond:
         self._dirty: set[int] = set()
         self._seq = 0
         self._peer_sprays = False
+        self._peer_express = False
         adaptive = config.reorder_timeout is None
         self._reorder = ReorderBuffer(
             self._inbox_append,
@@ -116,20 +177,36 @@ class Bond:
             max_bytes=config.reorder_max_bytes,
             timeout=REORDER_TIMEOUT_INITIAL if adaptive else float(config.reorder_timeout or 0),
         )
+        if adaptive:
+            self._reorder.adapt_up_to = REORDER_TIMEOUT_MAX
+        self._dedup = DedupWindow()
+        self._seen = self._dedup.seen
+        self._seen_mask = self._dedup.mask
         self._drops: dict[str, int] = {}
         self._packets_in = 0
         self._bytes_in = 0
         self._packets_out = 0
+        self._copies = 0
+        self._resent = 0
         self._closed = False
         self._peer_closed = False
 
     # -- paths -------------------------------------------------------------------------
 
-    def add_path(self, path_id: int, now: float) -> None:
+    def add_path(
+        self,
+        path_id: int,
+        now: float,
+        *,
+        backup: bool = False,
+        rate_hint: LinkRate | None = None,
+    ) -> None:
         """A local path exists now (client: socket open; server: first datagram of it).
 
         Starts a fresh KCP session under the next epoch for this id and sends HELLO at
-        once; the path is up when the peer answers.
+        once; the path is up when the peer answers.  A ``backup`` path carries DATA only
+        while no primary path is up; ``rate_hint`` caps and seeds its estimate (and the
+        peer learns both from its HELLOs).
         """
         if self._closed or self._peer_closed:
             raise BondClosedError(f"cannot add path {path_id}: the bond is closed")
@@ -137,9 +214,19 @@ class Bond:
             raise ValueError(f"path_id={path_id!r}: must be an integer in [0, 65535]")
         if path_id in self._paths:
             raise PathExistsError(f"path {path_id} is already part of the bond")
+        if rate_hint is not None and not isinstance(rate_hint, LinkRate):
+            raise ValueError(f"rate_hint={rate_hint!r}: must be a LinkRate or None")
         self._now = now
         epoch = (self._epochs.get(path_id, 0) + 1) & 0xFFFF
-        path = Path(path_id, epoch, self._config, self._output_for(path_id), now)
+        path = Path(
+            path_id,
+            epoch,
+            self._config,
+            self._output_for(path_id),
+            now,
+            backup=bool(backup),
+            rate_hint=rate_hint,
+        )
         self._paths[path_id] = path
         self._epochs[path_id] = epoch
         self._send_hello(path, now)
@@ -147,14 +234,16 @@ class Bond:
     def remove_path(self, path_id: int, now: float, reason: str) -> None:
         """The shell knows the path is gone (link down, route lost, socket error).
 
-        The path leaves at once, its flows move to the survivors, and LINKDOWN goes to
-        the peer over every surviving path.  PathDown is queued if it was up.
+        The path leaves at once, its flows move to the survivors, what it may not have
+        delivered is sent again over them, and LINKDOWN goes to the peer over every
+        surviving path.  PathDown is queued if it was up.
         """
         path = self._paths.get(path_id)
         if path is None:
             raise UnknownPathError(path_id)
         self._now = now
         self._take_down(path, reason, notify_peer=True)
+        path.enter(PathState.CLOSED, reason)
         del self._paths[path_id]
         self._dirty.discard(path_id)
 
@@ -167,7 +256,8 @@ class Bond:
         return list(self._live)
 
     def set_path_weight(self, path_id: int, weight: float) -> None:
-        """Share of flows ``path_id`` gets under consistent hashing (default 1.0)."""
+        """Share of flows ``path_id`` gets under consistent hashing, relative to its
+        capacity estimate (default 1.0)."""
         if path_id not in self._paths:
             raise UnknownPathError(path_id)
         if not (weight > 0.0 and math.isfinite(weight)):
@@ -177,7 +267,7 @@ class Bond:
 
     # -- data --------------------------------------------------------------------------
 
-    def send_packet(self, packet: bytes, now: float) -> bool:
+    def send_packet(self, packet: bytes, now: float) -> bool:  # noqa: C901 - the hot path, unsplit
         """Queue one IP packet on a path; False (and a counted drop) when it cannot go.
 
         Never buffers beyond the per-path queue bound: with no live path, or when the
@@ -185,98 +275,136 @@ class Bond:
         """
         self._now = now
         if not packet:
-            self._drop("empty_packet")
+            self._drop(Drop.EMPTY_PACKET)
             return False
-        if self._sprays:
-            lane = self._pick_lane()
-            if lane is None:
-                if self._closed:
-                    self._drop("closed")
-                else:
-                    self._drop("queue_full" if self._live else "no_path")
-                return False
-            path = lane
-        else:
+        mode = self._mode
+        kind = BULK
+        if self._classify:
+            size = len(packet)
+            proto = packet[9] if size > _PROTO else 0
+            # The common bulk case inlined: IPv4 without options or DSCP/ECN, TCP, or UDP
+            # whose ports cannot be 53 (their low bytes are not).
+            if not (
+                size >= SMALL_PACKET
+                and packet[0] == _IPV4_NO_OPTIONS
+                and not packet[1]
+                and (proto == _TCP or (proto == _UDP and packet[21] != _DNS and packet[23] != _DNS))
+            ):
+                kind = packet_class(packet)
+        path: Path | None
+        if mode == _CONSISTENT:
             path_id = self._pick_flow(flow_key(packet))
             if path_id is None:
-                self._drop("closed" if self._closed else "no_path")
+                self._drop(Drop.CLOSED if self._closed else Drop.NO_PATH)
                 return False
             path = self._paths[path_id]
             if path.waitsnd() >= path.limit:
-                self._drop("queue_full")
+                self._drop(Drop.QUEUE_FULL)
+                return False
+        else:
+            path = self._pick_adaptive() if kind == BULK else self._adaptive.pick_fastest()
+            if path is None:
+                if self._closed:
+                    self._drop(Drop.CLOSED)
+                else:
+                    self._drop(Drop.QUEUE_FULL if self._live else Drop.NO_PATH)
                 return False
         seq = self._seq
-        if path.send(_DATA_HEADER.pack(_DATA, seq) + packet) < 0:
-            self._drop("too_big")
+        if kind == BULK or not self._peer_express:
+            message = _pack_header(_DATA, seq) + packet
+        else:
+            message = _pack_header(_EXPRESS, seq) + packet
+        if path.send(message) < 0:
+            self._drop(Drop.TOO_BIG)
             return False
-        self._seq = (seq + 1) & _U32
+        # Path.send_data(), inlined: count KCP's segments, remember until acknowledged.
         size = len(packet)
-        if size > path.payload_max:
-            path.count_fragments(size)
+        if size < path.payload_max:
+            path.segments += 1
+        else:
+            path.segments += path.segments_for(size + _DATA_HEADER_SIZE)
+            path.single = False
+        path.remember(message)
+        self._seq = (seq + 1) & _U32
         path.tx_packets += 1
         path.tx_bytes += size
         self._packets_in += 1
         self._bytes_in += size
         self._dirty.add(path.path_id)
+        if kind >= self._copy_from:
+            self._send_copy(message, path, size)
         return True
+
+    def _send_copy(self, message: bytes, first: Path, size: int) -> None:
+        """A second copy of ``message`` on the best other lane with room (if any)."""
+        second = self._adaptive.pick_other(first)
+        if second is None or not second.send_data(message):
+            return
+        second.tx_packets += 1
+        second.tx_bytes += size
+        self._copies += 1
+        self._dirty.add(second.path_id)
 
     def can_send(self) -> bool:
         """True while some live path has room; the shell stops reading the TUN if not."""
-        paths = self._paths
-        for path_id in self._live:
-            path = paths[path_id]
-            if path.waitsnd() < path.limit:
-                return True
-        return False
+        return any(path.waitsnd() < path.limit for path in self._lanes)
 
-    def receive(self, path_id: int, data: bytes, now: float) -> None:
+    def receive(self, path_id: int, data: bytes, now: float) -> None:  # noqa: C901 - the hot path
         """One authenticated KCP datagram from the peer on ``path_id``."""
         self._now = now
         path = self._paths.get(path_id)
         if path is None:
-            self._drop("unknown_path")
+            self._drop(Drop.UNKNOWN_PATH)
             return
         if self._closed or self._peer_closed:
-            self._drop("closed")
+            self._drop(Drop.CLOSED)
             return
-        if len(data) < _KCP_HEADER:
-            self._drop("short_datagram")
+        if len(data) < KCP_HEADER:
+            self._drop(Drop.SHORT_DATAGRAM)
             return
-        conv = int.from_bytes(data[:4], "little")
+        conv = _unpack_conv(data)[0]
         if conv != path.conv:
             if conv & 0xFFFF != path_id:
-                self._drop("wrong_path")
+                self._drop(Drop.WRONG_PATH)
                 return
             if not epoch_newer(conv >> 16, path.epoch):
-                self._drop("stale_session")
+                self._drop(Drop.STALE_SESSION)
                 return
             self._restart(path, conv >> 16, now)
         kcp = path.kcp
-        now_ms = round(now * 1000)  # to_ms(), inlined on the per-datagram path
-        if now_ms != path.clock_ms:  # a drained batch shares one ``now``: one update
-            path.pace(now)
-            kcp.update(now_ms)
-            path.paced()
-            path.clock_ms = now_ms
+        if round(now * 1000) != path.clock_ms:  # a drained batch shares one ``now``
+            path.flush(now, force=False)
         if kcp.input(data) < 0:
-            self._drop("kcp_rejected")
+            self._drop(Drop.KCP_REJECTED)
             return
         path.last_heard = now
-        path.parked = False
+        if path.state is _PARKED:
+            path.heard(now)
         self._dirty.add(path_id)
         recv = kcp.recv
         message = recv()
         while message is not None:
-            if message[0] == _DATA and len(message) > 5:
-                packet = message[5:]
+            kind = message[0]
+            if kind in _DATA_KINDS and len(message) > _DATA_HEADER_SIZE:
+                packet = message[_DATA_HEADER_SIZE:]
                 path.rx_packets += 1
                 path.rx_bytes += len(packet)
-                if not path.up:
+                if path.state is not _UP:
                     self._bring_up(path)  # the peer sends DATA only on paths it holds up
+                seq = _unpack_seq(message, 1)[0]
                 if self._peer_sprays:
-                    self._reorder.push(int.from_bytes(message[1:5], "big"), packet, now)
-                else:
-                    self._inbox_append(packet)
+                    if kind == _DATA:
+                        self._reorder.push(seq, packet, now)
+                    else:
+                        self._reorder.pass_through(seq, packet, now)
+                else:  # DedupWindow.fresh(), inlined
+                    seen = self._seen
+                    slot = seq & self._seen_mask
+                    if seen[slot] != seq:
+                        seen[slot] = seq
+                        self._inbox_append(packet)
+                    else:
+                        self._dedup.duplicates += 1
             else:
                 self._on_control(path, message, now)
                 if path.kcp is not kcp or self._peer_closed:
@@ -301,15 +429,12 @@ class Bond:
         """
         dirty = self._dirty
         if dirty:
-            now_ms = to_ms(self._now)
+            now = self._now
             paths = self._paths
             for path_id in dirty:
                 path = paths.get(path_id)
                 if path is not None:
-                    path.pace(self._now)
-                    path.kcp.update(now_ms)
-                    path.kcp.flush()
-                    path.paced()
+                    path.flush(now)
             dirty.clear()
         outbox = self._outbox
         if not outbox:
@@ -325,13 +450,19 @@ class Bond:
     # -- time --------------------------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        """When :meth:`handle_timer` is due next (absolute seconds), None when idle."""
+        """When :meth:`handle_timer` is due next (absolute seconds), None when idle.
+
+        A path with nothing queued or in flight needs no KCP tick: only its HELLO and
+        liveness deadlines count; one with segments in flight only, their RTO.
+        """
         if self._closed or self._peer_closed:
             return None
         now_ms = to_ms(self._now)
         due = math.inf
         for path in self._paths.values():
-            due = min(due, path.deadline(), path.kcp.check(now_ms) / 1000.0)
+            due = min(due, path.deadline())
+            if not path.idle():
+                due = min(due, path.kcp_due(self._now, now_ms))
         reorder_due = self._reorder.deadline()
         if reorder_due is not None:
             due = min(due, reorder_due)
@@ -344,15 +475,13 @@ class Bond:
             return
         now_ms = to_ms(now)
         for path in list(self._paths.values()):
-            kcp = path.kcp
-            path.pace(now)
-            kcp.update(now_ms)
-            if kcp.check(now_ms) <= now_ms:
-                # ikcp's update() flushes on interval ticks only, while check() already
-                # reports a due retransmission: send it now instead of spinning.
-                kcp.flush()
-            path.paced()
-            path.sample_rate(now)
+            if not path.idle():
+                # ikcp's update() flushes on interval ticks only, while check() may
+                # already report a due retransmission: send it now instead of spinning.
+                path.flush(now, force=path.kcp.check(now_ms) <= now_ms)
+                path.trim_acknowledged()
+                path.sample_rate(now)
+            path.touch_meters(now)
             if path.up:
                 reason = path.failure(now)
                 if reason is not None:
@@ -372,9 +501,14 @@ class Bond:
                         path.next_hello = retry_at
                 else:
                     self._send_hello(path, now)
+        if now - self._weights_at >= WEIGHT_REFRESH_INTERVAL:
+            self._weights_at = now
+            self._refresh_budget()
+            if self._mode == _CONSISTENT and self._weights_moved():
+                self._applied_capacity = capacity = self._capacities(self._lanes)
+                self._consistent.reweigh(self._flow_weights(capacity))
         if self._peer_sprays:
-            if self._config.reorder_timeout is None:
-                self._reorder.timeout = self._adaptive_reorder_timeout()
+            self._refresh_reorder()
             self._reorder.expire(now)
 
     def close(self, now: float) -> None:
@@ -387,13 +521,10 @@ class Bond:
             return
         self._now = now
         close = messages.encode_close()
-        now_ms = to_ms(now)
         for path in self._paths.values():
             path.send_control(close)
-            path.kcp.update(now_ms)
-            path.kcp.flush()
-            path.up = False
-            path.down_reason = "closed"
+            path.flush(now, paced=False)
+            path.enter(PathState.CLOSED, DOWN_CLOSED)
         self._closed = True
         self._dirty.clear()
         self._live = ()
@@ -401,9 +532,38 @@ class Bond:
 
     # -- status ------------------------------------------------------------------------
 
-    def snapshot(self) -> BondSnapshot:
-        """Counters as of the latest ``now`` the bond was given."""
-        now = self._now
+    def reorder_hold(self) -> float:
+        """How long a gap in the peer's sprayed ``seq`` is waited for (seconds).
+
+        The one-way delay spread of the live paths (half the difference of their
+        minimum RTTs) plus their jitter (srtt above the minimum), a slack for KCP ticks
+        and pacing, and -- only while a path loses packets -- one fast retransmission
+        (the slowest minimum RTT); not a whole RTO of the slowest path.  At least the
+        longest wait for a gap recently observed (with a margin): the sender's queues
+        shift arrivals by more than the RTTs show.
+        """
+        paths = self._paths
+        live = [paths[pid].rc for pid in self._live]
+        rtts = [rc.min_rtt for rc in live if rc.min_rtt]
+        if len(rtts) < len(live) or not rtts:
+            return max(self._reorder.timeout, REORDER_TIMEOUT_INITIAL)
+        spread = (max(rtts) - min(rtts)) / 2.0
+        jitter = max(max(rc.srtt - rc.min_rtt, 0.0) for rc in live)
+        hold = spread + REORDER_JITTER_GAIN * jitter + REORDER_SLACK
+        if max(rc.loss for rc in live) > REORDER_LOSS_THRESHOLD:
+            hold += max(rtts)
+        hold = max(hold, OBSERVED_MARGIN * self._reorder.observed_wait)
+        return min(max(hold, REORDER_TIMEOUT_MIN), REORDER_TIMEOUT_MAX)
+
+    def snapshot(self, *, now: float | None = None) -> BondSnapshot:
+        """Counters as of ``now``, or of the latest ``now`` the bond was given.
+
+        An idle bond is not woken up often (see :meth:`get_timer`), so pass the
+        current time for ages and recent rates (which fall to 0 when idle) to be current.
+        """
+        if now is None or now < self._now:
+            now = self._now
+        mtu_bits = 8 * self._config.kcp_mtu
         paths = {
             path_id: PathSnapshot(
                 path_id=path_id,
@@ -421,10 +581,19 @@ class Bond:
                 inflight=path.kcp.inflight,
                 waitsnd=path.waitsnd(),
                 queue_limit=path.limit,
-                rate_pps=round(path.rate, 1),
+                rate_pps=round(path.rc.rate, 1),
                 restarts=path.restarts,
                 last_heard_ago_s=None if path.last_heard is None else now - path.last_heard,
                 down_reason=path.down_reason,
+                path_state=path.state.value,
+                capacity_bps=round(path.rc.rate * mtu_bits),
+                tx_rate_bps=round(path.tx_meter.rate_bps(path.tx_bytes, now)),
+                rx_rate_bps=round(path.rx_meter.rate_bps(path.rx_bytes, now)),
+                min_rtt_ms=round(path.rc.min_rtt * 1000, 1),
+                loss=round(path.rc.loss, 4),
+                rate_phase=path.rc.phase.value,
+                window=path.window,
+                backup=path.is_backup,
             )
             for path_id, path in sorted(self._paths.items())
         }
@@ -439,6 +608,9 @@ class Bond:
             reorder=self._reorder.stats(),
             peer_sprays=self._peer_sprays,
             closed=self._closed or self._peer_closed,
+            duplicates=self._dedup.duplicates + self._reorder.stats().duplicates,
+            copies_sent=self._copies,
+            resent=self._resent,
         )
 
     # -- internals ---------------------------------------------------------------------
@@ -451,8 +623,9 @@ class Bond:
 
         return output
 
-    def _drop(self, reason: str) -> None:
-        self._drops[reason] = self._drops.get(reason, 0) + 1
+    def _drop(self, reason: Drop) -> None:
+        key = reason.value
+        self._drops[key] = self._drops.get(key, 0) + 1
 
     def _send_hello(self, path: Path, now: float) -> None:
         path.send_control(path.hello(now, self._sprays))
@@ -460,34 +633,58 @@ class Bond:
 
     def _restart(self, path: Path, epoch: int, now: float, *, announce: bool = True) -> None:
         """Fresh KCP session ``epoch`` for ``path``: announced by an immediate HELLO, or
-        parked (silent until the peer speaks on it)."""
+        parked (silent until the peer speaks on it).  DATA the old session may not have
+        delivered goes again over the live paths."""
         epoch &= 0xFFFF
-        path.restart(epoch, now)
+        lost = path.unacknowledged()
+        path.restart(epoch, now, announce=announce)
         self._epochs[path.path_id] = epoch
-        path.parked = not announce
         if announce:
             self._send_hello(path, now)
+        self._resend(lost)
+
+    def _resend(self, lost: list[bytes]) -> None:
+        """Send ``lost`` DATA messages again on the live paths, past their queue bounds
+        (these packets were accepted once; the receiver drops the copies it has)."""
+        if not lost or not self._config.resend_on_death:
+            return
+        for message in lost:
+            path: Path | None
+            if self._mode == _CONSISTENT:
+                path_id = self._pick_flow(flow_key(message[_DATA_HEADER_SIZE:]))
+                path = None if path_id is None else self._paths[path_id]
+            else:
+                path = self._adaptive.pick_any()
+            if path is None:
+                self._drop(Drop.NO_PATH)
+                continue
+            if path.send_data(message):
+                self._resent += 1
+                self._dirty.add(path.path_id)
 
     def _bring_up(self, path: Path) -> None:
-        path.up = True
-        path.down_reason = None
+        path.enter(PathState.UP)
         self._update_live()
         self._events.append(PathUp(path.path_id))
 
     def _take_down(self, path: Path, reason: str, *, notify_peer: bool) -> None:
         """Mark ``path`` down; tell the peer over the survivors when we found out first."""
         was_up = path.up
-        path.up = False
-        path.down_reason = reason
+        path.enter(PathState.PROBING if path.state is PathState.UP else path.state, reason)
         path.last_heard = None
         if was_up:
             self._update_live()
             self._events.append(PathDown(path.path_id, reason))
             if self._peer_sprays:
-                # Whatever the dead path still carried is lost with its session: stop
-                # waiting for it.  Gaps of live paths are released too; their packets
-                # still go out when they arrive, just late (see ReorderBuffer).
+                # Whatever the dead path still carried comes again over the survivors
+                # (the peer resends it) or not at all: stop holding the gaps.  Their
+                # packets still go out when they arrive, just late (see ReorderBuffer).
                 self._reorder.expire(math.inf)
+        if was_up:
+            # Resend before the LINKDOWN goes out: the peer then fills its reorder gaps
+            # in order before it stops waiting for them.
+            self._resend(path.unacknowledged())
+            path.forget_sent()
         if notify_peer:
             notice = messages.encode_linkdown(path.path_id, path.epoch)
             for survivor_id in self._live:
@@ -500,16 +697,67 @@ class Bond:
         self._update_schedulers()
 
     def _update_schedulers(self) -> None:
-        self._consistent.set_paths({pid: self._weights.get(pid, 1.0) for pid in self._live})
-        self._spray.set_paths(self._paths[pid] for pid in self._live)
+        paths = self._paths
+        live = [paths[pid] for pid in self._live if pid in paths]
+        primaries = [path for path in live if not path.is_backup]
+        lanes = tuple(primaries or live)
+        self._lanes = lanes
+        capacity = self._capacities(lanes)
+        self._applied_capacity = capacity
+        self._consistent.set_paths(self._flow_weights(capacity))
+        self._adaptive.set_paths(lanes)
+        self._refresh_budget()
+        self._refresh_reorder()
+
+    def _flow_weights(self, capacity: dict[int, float]) -> dict[int, float]:
+        """Rendezvous weights: capacity times the caller's weight (set_path_weight)."""
+        return {pid: self._weights.get(pid, 1.0) * weight for pid, weight in capacity.items()}
+
+    @staticmethod
+    def _capacities(lanes: tuple[Path, ...]) -> dict[int, float]:
+        """Capacity weight per lane: its estimate, or the mean of the known ones."""
+        known = [path.rc.rate for path in lanes if path.rc.rate > 0.0]
+        default = sum(known) / len(known) if known else 1.0
+        return {path.path_id: path.rc.rate if path.rc.rate > 0.0 else default for path in lanes}
+
+    def _weights_moved(self) -> bool:
+        """True when some lane's capacity moved by WEIGHT_CHANGE_FACTOR since applied."""
+        current = self._capacities(self._lanes)
+        for path_id, weight in current.items():
+            applied = self._applied_capacity.get(path_id)
+            if applied is None:
+                return True
+            ratio = weight / applied
+            if ratio > WEIGHT_CHANGE_FACTOR or ratio < 1.0 / WEIGHT_CHANGE_FACTOR:
+                return True
+        return False
+
+    def _refresh_reorder(self) -> None:
+        """Re-derive the adaptive reorder hold (RTTs or live paths changed, or a tick)."""
+        if self._config.reorder_timeout is None:
+            self._reorder.timeout = self.reorder_hold()
+
+    def _refresh_budget(self) -> None:
+        """The adaptive scheduler's reorder budget: what the peer's buffer waits."""
+        if self._config.reorder_timeout is not None:
+            self._adaptive.budget = float(self._config.reorder_timeout)
+        else:
+            self._adaptive.budget = self.reorder_hold()
 
     def _on_control(self, path: Path, message: bytes, now: float) -> None:
         parsed = messages.parse_message(message)
         if isinstance(parsed, messages.Hello):
             if parsed.sprays:
                 self._peer_sprays = True
+            if parsed.express:
+                self._peer_express = True
             first = path.peer_sent_ms is None
             path.on_hello(parsed, now)
+            self._refresh_reorder()
+            was_backup = path.is_backup
+            path.set_peer_roles(parsed.backup, parsed.receive_kbps * 1000.0, now)
+            if path.is_backup != was_backup:
+                self._update_schedulers()
             if first or not parsed.has_echo:
                 # Echo at once: the peer comes up on an echo of its session's HELLO.
                 self._send_hello(path, now)
@@ -531,7 +779,7 @@ class Bond:
     def _on_linkdown(self, notice: messages.LinkDown, now: float) -> None:
         target = self._paths.get(notice.path_id)
         if target is None or not target.up or epoch_newer(target.epoch, notice.epoch):
-            self._drop("linkdown_ignored")
+            self._drop(Drop.LINKDOWN_IGNORED)
             return
         self._take_down(target, DOWN_PEER_LINKDOWN, notify_peer=False)
         newest = notice.epoch if epoch_newer(notice.epoch, target.epoch) else target.epoch
@@ -542,21 +790,7 @@ class Bond:
     def _on_close(self) -> None:
         for path in self._paths.values():
             self._take_down(path, DOWN_PEER_CLOSED, notify_peer=False)
+            path.enter(PathState.CLOSED, DOWN_PEER_CLOSED)
         self._peer_closed = True
         self._dirty.clear()
         self._events.append(PeerClosed())
-
-    def _adaptive_reorder_timeout(self) -> float:
-        """Wait for a gap: the one-way delay spread of the live paths plus one RTO.
-
-        A missing packet was sent on a slower path (late by about half the difference of
-        the round-trip times) and may need one retransmission (one RTO of its path).
-        """
-        paths = self._paths
-        srtts = [paths[pid].kcp.srtt for pid in self._live]
-        if not srtts:
-            return self._reorder.timeout
-        spread_ms = (max(srtts) - min(srtts)) / 2.0
-        rto_ms = max(paths[pid].kcp.rto for pid in self._live)
-        timeout = (spread_ms + rto_ms) / 1000.0
-        return min(max(timeout, REORDER_TIMEOUT_MIN), REORDER_TIMEOUT_MAX)

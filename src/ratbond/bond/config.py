@@ -6,8 +6,28 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-Balance = Literal["consistent", "roundrobin"]
+Balance = Literal["consistent", "roundrobin", "adaptive", "redundant"]
+Duplicate = Literal["none", "small", "ef"]
 EngineChoice = Literal["auto", "python", "c"]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRate:
+    """A link's rates in bit/s, a hint that caps and seeds a path's estimate (0 = unknown).
+
+    ``send_bps`` is what this end can send over the link, ``receive_bps`` what it can
+    receive: the peer learns it (HELLO) and uses it as its own send cap on the path.
+    """
+
+    send_bps: float
+    receive_bps: float
+
+    def __post_init__(self) -> None:
+        for name in ("send_bps", "receive_bps"):
+            value = getattr(self, name)
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not (number and value >= 0 and math.isfinite(value)):
+                raise ValueError(f"LinkRate.{name}={value!r}: must be a finite number >= 0")
 
 
 @dataclass(frozen=True)
@@ -19,21 +39,31 @@ class BondConfig:
     Backpressure bounds each path's KCP send queue (``waitsnd``: in flight plus waiting)
     twice over.  ``send_queue_limit`` is the hard cap in segments; None means two send
     windows (one in flight, one waiting), so the link never runs dry between acks.
-    ``send_queue_delay`` turns the cap into a time: the path's measured delivery rate
-    times (srtt + this delay), so a packet queues about that long at most and a slow
-    link fills up (and is skipped, or pushes back on its flows) instead of building
-    seconds of queue.  None keeps the fixed cap only.
-    ``adaptive_window`` caps each path's segments in flight (KCP's send window, which
-    otherwise stays at ``snd_wnd`` and, KCP having no congestion control, overflows the
-    WAN's buffer) near its measured bandwidth-delay product; see
-    :meth:`~ratbond.bond.path.Path.sample_rate`.
+    ``send_queue_delay`` turns the cap into a time: one pipe (capacity estimate times
+    minimum RTT) plus the estimate times one minimum RTT (at least 20 ms, at most this
+    delay), so under load a path holds about one RTT of queue and a slow link fills up
+    (and is skipped, or pushes back on its flows) instead of building seconds of queue.
+    None keeps the fixed cap only.
+    ``adaptive_window`` paces each path and caps its segments in flight (KCP's send
+    window, which otherwise stays at ``snd_wnd`` and, KCP having no congestion control,
+    overflows the WAN's buffer) from its capacity estimate; see
+    :mod:`ratbond.bond.rate`.
+    ``balance``: ``consistent`` hashes flows onto paths weighted by their capacity
+    estimates; ``roundrobin`` and ``adaptive`` spray each packet onto the path where it
+    arrives first (``adaptive`` also sends small, latency-sensitive packets on the
+    lowest-RTT path, unheld by the peer's reorder buffer); ``redundant`` sends every
+    packet on the two best paths (a copy that would arrive later than the reorder hold
+    after the first is not sent).  ``duplicate`` adds a second
+    copy of small (``small``) or DSCP EF/CS5 (``ef``) packets on another path.
+    ``resend_on_death`` sends what a dying path may not have delivered again over the
+    survivors (the receiver drops duplicates by ``seq``).
     ``kcp_nodelay`` is KCP's fast mode: minimum RTO 30 ms instead of 100 ms and a
     gentler backoff.  Off by default: with a tunnel's queueing and its shells' scheduling
     jitter an RTO that close to the RTT fires spuriously (measured: a quarter of all
     segments sent twice); fast resend (two later ACKs) still repairs real losses early.
     """
 
-    balance: Balance = "consistent"
+    balance: Balance = "adaptive"
     hello_interval: float = 2.0
     dead_after: float = 10.0
     kcp_engine: EngineChoice = "auto"
@@ -49,9 +79,12 @@ class BondConfig:
     adaptive_window: bool = True
     reorder_max_packets: int = 8192
     reorder_max_bytes: int = 8 << 20
+    duplicate: Duplicate = "none"
+    resend_on_death: bool = True
 
     def __post_init__(self) -> None:
-        _choice("balance", self.balance, ("consistent", "roundrobin"))
+        _choice("balance", self.balance, ("consistent", "roundrobin", "adaptive", "redundant"))
+        _choice("duplicate", self.duplicate, ("none", "small", "ef"))
         _choice("kcp_engine", self.kcp_engine, ("auto", "python", "c"))
         _seconds("hello_interval", self.hello_interval, "a number of seconds > 0")
         _seconds("dead_after", self.dead_after, "a number of seconds > 0")

@@ -35,26 +35,65 @@ a backlog of stale HELLOs.  A path taken down by the peer's LINKDOWN is *parked*
 a fresh session but stays quiet until the peer (which owns the link and will probe when
 the link returns) speaks again, so the two ends start their sessions in step.
 
-Congestion: KCP runs with ``nc=1`` (no congestion control of its own), so the path
-keeps its sending in line with the link (see :meth:`Path.sample_rate`): a delivery-rate
-estimate (max filter over about a second), an in-flight window of 1.25 bandwidth-delay
-products, pacing of new segments over one minimum RTT
-(:meth:`Path.pace` / :meth:`Path.paced` around every KCP flush), and an RTO floor of
-1.5 minimum RTTs (:func:`rto_floor_ms`).  What the window holds back waits in KCP's send
-queue, bounded in time by the queue bound; the bond drops at the bound, which is where
-the tunnelled TCP flows get their congestion signal, instead of the WAN tail-dropping
-segments that KCP then retransmits at the expense of goodput.
+States (:class:`PathState`, changed only through :meth:`Path.enter`, checked against
+:data:`TRANSITIONS`): PROBING (a session whose two-way reachability is not proven yet),
+UP, PARKED (a fresh session kept quiet until the peer speaks) and CLOSED (removed, or the
+bond closed).  "Down" is PROBING or PARKED with a ``down_reason``.
+
+Congestion: KCP runs with ``nc=1`` (no congestion control of its own), so each path's
+:class:`~ratbond.bond.rate.RateController` sets its in-flight window, pacing rate, queue
+bound and RTO floor from a capacity estimate that cannot collapse; :meth:`Path.flush`
+opens KCP's window by what pacing allows before every KCP update and charges it after.
+
+Resend on death: the path keeps every DATA message it handed to KCP until KCP's
+cumulative acknowledgement (``snd_una``) passes it, so a path that dies can give back
+what may not have arrived (:meth:`Path.unacknowledged`); the receiver drops duplicates.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from typing import Final
 
 from ratbond import kcp as kcp_engines
 from ratbond.bond import messages
-from ratbond.bond.config import BondConfig
+from ratbond.bond.config import BondConfig, LinkRate
+from ratbond.bond.rate import (
+    INITIAL_QUEUE_LIMIT,
+    INITIAL_WINDOW,
+    MIN_QUEUE_LIMIT,
+    MIN_WINDOW,
+    WINDOW_GAIN,
+    RateController,
+    RecentRate,
+    rto_floor_ms,
+)
+
+__all__ = [
+    "DOWN_KCP_DEAD",
+    "DOWN_PEER_CLOSED",
+    "DOWN_PEER_LINKDOWN",
+    "DOWN_SILENT",
+    "DOWN_STALLED",
+    "INITIAL_QUEUE_LIMIT",
+    "INITIAL_WINDOW",
+    "MIN_BURST",
+    "MIN_QUEUE_LIMIT",
+    "MIN_WINDOW",
+    "PACE_BURST",
+    "TRANSITIONS",
+    "WINDOW_GAIN",
+    "IllegalTransitionError",
+    "LinkRate",
+    "Path",
+    "PathState",
+    "conv_for",
+    "epoch_newer",
+    "rto_floor_ms",
+    "to_ms",
+]
 
 #: A path is never declared silent before this many of its current round trips passed.
 SILENCE_RTTS: Final = 4
@@ -64,43 +103,49 @@ PROBE_RTTS: Final = 2.5
 #: The longest wait for the answer to a probe on a path whose RTT was never measured (s).
 PROBE_PATIENCE_MAX: Final = 4.0
 
-#: How often a path's delivery rate is sampled (seconds).
-RATE_SAMPLE_INTERVAL: Final = 0.25
-#: Floor of the time-based queue bound (segments): room to measure a rate from.
-MIN_QUEUE_LIMIT: Final = 32
-#: Time-based bound before the first rate sample: a new path starts like a slow start
-#: instead of pushing a full window of segments into a link of unknown speed.
-INITIAL_QUEUE_LIMIT: Final = 128
-#: Delivery-rate samples the max filter keeps (one per RATE_SAMPLE_INTERVAL: ~1 s).
-RATE_WINDOW: Final = 4
-#: In-flight window in pipes (rate * min RTT): a quarter of a pipe queues at the
-#: bottleneck, enough to keep it busy and to show more capacity when there is some (the
-#: rate estimate then grows by up to this factor per sample), while a startup at twice
-#: the pipe overflowed buffers shorter than the RTT in the lab and stalled the path on
-#: lost retransmissions.
-WINDOW_GAIN: Final = 1.25
-#: Window bounds in segments; the initial one is also the floor until the path was
-#: first seen saturated (light traffic measures a rate far below the link's).
-MIN_WINDOW: Final = 16
-INITIAL_WINDOW: Final = 64
 #: Pacing budget cap: this many seconds of the pacing rate, plus MIN_BURST segments
 #: (two KCP ticks: the budget must cover the gap between flushes).
 PACE_BURST: Final = 0.02
 MIN_BURST: Final = 4
-#: KCP's minimum RTO in minimum RTTs, plus a slack for the shells' scheduling jitter.
-RTO_FLOOR_RTTS: Final = 1.5
-RTO_FLOOR_SLACK_MS: Final = 30
-#: Rate assumed before the first sample (packets/s): INITIAL_WINDOW per 100 ms.
-INITIAL_RATE: Final = 640.0
+#: Bits per KCP segment when a rate in bit/s is turned into segments/s (full segments).
+_BITS_PER_BYTE: Final = 8
 
 DOWN_SILENT: Final = "silent"
 DOWN_STALLED: Final = "send stalled"
 DOWN_KCP_DEAD: Final = "kcp dead link"
 DOWN_PEER_LINKDOWN: Final = "peer reported link down"
 DOWN_PEER_CLOSED: Final = "peer closed"
+DOWN_CLOSED: Final = "closed"
 
 _U32: Final = 0xFFFFFFFF
 _HALF_U32: Final = 1 << 31
+_DATA_KINDS: Final = frozenset({messages.DATA, messages.EXPRESS})
+#: The record of sent messages is compacted once this many at its head are acknowledged.
+COMPACT_AFTER: Final = 1024
+
+
+class PathState(enum.Enum):
+    """Where a path is in its life; see the module docstring."""
+
+    PROBING = "probing"
+    UP = "up"
+    PARKED = "parked"
+    CLOSED = "closed"
+
+
+#: Allowed state changes (a restart under a new epoch may keep the state).
+TRANSITIONS: Final[dict[PathState, frozenset[PathState]]] = {
+    PathState.PROBING: frozenset(
+        {PathState.PROBING, PathState.UP, PathState.PARKED, PathState.CLOSED}
+    ),
+    PathState.UP: frozenset({PathState.UP, PathState.PROBING, PathState.PARKED, PathState.CLOSED}),
+    PathState.PARKED: frozenset({PathState.PARKED, PathState.PROBING, PathState.CLOSED}),
+    PathState.CLOSED: frozenset({PathState.CLOSED}),
+}
+
+
+class IllegalTransitionError(RuntimeError):
+    """A bond bug: a path was asked to change state in a way :data:`TRANSITIONS` forbids."""
 
 
 def to_ms(now: float) -> int:
@@ -110,16 +155,6 @@ def to_ms(now: float) -> int:
     same millisecond, or a timer due "now" would never fire.
     """
     return round(now * 1000)
-
-
-def rto_floor_ms(min_rtt_ms: int, nodelay: bool) -> int:
-    """Minimum RTO for a path: RTO_FLOOR_RTTS minimum RTTs plus RTO_FLOOR_SLACK_MS.
-
-    The adaptive window keeps the WAN queue near a quarter of the minimum RTT, so an
-    ACK later than that is lost, not late; never below KCP's own floor.
-    """
-    kcp_floor = 30 if nodelay else 100
-    return max(kcp_floor, math.ceil(RTO_FLOOR_RTTS * min_rtt_ms) + RTO_FLOOR_SLACK_MS)
 
 
 def conv_for(epoch: int, path_id: int) -> int:
@@ -138,51 +173,54 @@ class Path:
     __slots__ = (
         "_budget",
         "_config",
-        "_has_span",
-        "_loaded_once",
         "_output",
         "_paced_at",
         "_paced_span",
-        "_rate_at",
-        "_rate_kcp",
-        "_rate_mark",
-        "_rate_samples",
-        "_rate_slot",
-        "_rate_waiting",
+        "backup",
+        "busy_since",
         "clock_ms",
         "confirmed_at",
         "control_messages",
         "conv",
         "down_reason",
         "epoch",
-        "extra_segments",
         "half_rtt",
         "hello_rtt_ms",
         "kcp",
         "last_heard",
         "limit",
-        "min_rtt_ms",
+        "mss",
         "next_hello",
         "pace_rate",
-        "parked",
         "path_id",
         "payload_max",
+        "peer_backup",
         "peer_hello_at_ms",
+        "peer_receive_bps",
         "peer_rx_packets",
         "peer_sent_ms",
-        "rate",
+        "rate_hint",
+        "rc",
+        "remember",
         "restarts",
         "retransmits_before",
         "rx_bytes",
+        "rx_meter",
         "rx_packets",
         "seconds_per_segment",
+        "segments",
         "send",
+        "sent",
+        "sent_base",
+        "sent_head",
         "session_start_ms",
+        "single",
+        "state",
         "two_way",
         "tx_bytes",
+        "tx_meter",
         "tx_packets",
         "unanswered_probes",
-        "up",
         "waitsnd",
         "window",
     )
@@ -194,11 +232,18 @@ class Path:
         config: BondConfig,
         output: Callable[[bytes], object],
         now: float,
+        *,
+        backup: bool = False,
+        rate_hint: LinkRate | None = None,
     ) -> None:
         self.path_id = path_id
         self._config = config
         self._output = output
-        self.up = False
+        self.state = PathState.PROBING
+        self.backup = backup
+        self.rate_hint = rate_hint
+        self.peer_backup = False
+        self.peer_receive_bps = 0.0
         self.down_reason: str | None = None
         self.last_heard: float | None = None
         self.confirmed_at = now
@@ -207,6 +252,8 @@ class Path:
         self.tx_bytes = 0
         self.rx_packets = 0
         self.rx_bytes = 0
+        self.tx_meter = RecentRate(now)
+        self.rx_meter = RecentRate(now)
         self.peer_rx_packets = 0
         self.restarts = 0
         self.unanswered_probes = 0
@@ -218,88 +265,167 @@ class Path:
         self.peer_hello_at_ms = 0
         self.session_start_ms = to_ms(now)
         self.two_way = False
-        self.parked = False
-        self.clock_ms = -1  # last time given to kcp.update() by Bond.receive
+        self.clock_ms = -1  # last time given to kcp.update() by Path.flush
+        self.control_messages = 0
         self.kcp: kcp_engines.KCPEngine = self._new_kcp(epoch, now)
         self.send = self.kcp.send
         self.waitsnd = self.kcp.waitsnd
-        # Delivery rate: segments handed to KCP minus those still waiting, per second.
-        self.control_messages = 0
-        self.extra_segments = 0  # beyond one per DATA message (fragmented packets)
         self.payload_max = self.kcp.mss - messages.DATA_HEADER.size
-        self._rate_at = now
-        self._rate_mark = 0
-        self._rate_waiting = 0
-        self._rate_kcp = self.kcp
-        self._rate_slot = 0
+        # Segments handed to this session's KCP (its next sn), and every message (DATA and
+        # control) handed to it: those from ``sent[sent_head]`` on are not cumulatively
+        # acknowledged yet, the first of them starting at segment ``sent_base``.  A list
+        # with a head index, so that trimming is a step, not a pop per message, while
+        # every message is one segment (``single``).
+        self.segments = 0
+        self.sent: list[bytes] = []
+        self.remember = self.sent.append
+        self.sent_head = 0
+        self.sent_base = 0
+        self.single = True
+        self.mss = self.kcp.mss
+        # When segments went in flight after none were (None: nothing in flight).
+        self.busy_since: float | None = None
         self._paced_at = now
         self._paced_span = 0
-        self._has_span = False
         self._budget = 0.0
-        self._reset_estimates()
+        self._reset_estimates(now)
 
-    def restart(self, epoch: int, now: float) -> None:
-        """Drop the KCP session (and what it held) and start session ``epoch``."""
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def up(self) -> bool:
+        return self.state is PathState.UP
+
+    @property
+    def parked(self) -> bool:
+        return self.state is PathState.PARKED
+
+    def enter(self, state: PathState, reason: str | None = None) -> None:
+        """The one place a path's state changes; ``reason`` says why it is not up."""
+        if state not in TRANSITIONS[self.state]:
+            raise IllegalTransitionError(
+                f"path {self.path_id}: {self.state.value} -> {state.value}"
+            )
+        self.state = state
+        if state is PathState.UP:
+            self.down_reason = None
+        elif reason is not None:
+            self.down_reason = reason
+
+    def heard(self, now: float) -> None:
+        """An authenticated datagram of this session arrived: the peer speaks on it."""
+        self.last_heard = now
+        if self.state is PathState.PARKED:
+            self.enter(PathState.PROBING)
+
+    def restart(self, epoch: int, now: float, *, announce: bool = True) -> None:
+        """Drop the KCP session (and what it held) and start session ``epoch``.
+
+        Announced sessions probe (an UP path adopting the peer's newer session stays
+        up); unannounced ones are parked until the peer speaks.
+        """
         self.retransmits_before += self.kcp.retransmits
         self.restarts += 1
         self.kcp = self._new_kcp(epoch, now)
         self.send = self.kcp.send
         self.waitsnd = self.kcp.waitsnd
+        self.forget_sent()
+        self.segments = self.sent_base = 0
+        self.busy_since = None
+        self.clock_ms = -1
         self.epoch = epoch
         self.peer_sent_ms = None
         self.next_hello = now
         self.confirmed_at = now
         self.session_start_ms = to_ms(now)
         self.two_way = False
-        self._reset_estimates()
+        if not announce:
+            self.enter(PathState.PARKED)
+        elif self.state is not PathState.UP:
+            self.enter(PathState.PROBING)
+        self._reset_estimates(now)
 
-    def _reset_estimates(self) -> None:
-        """A new session starts empty and measures its link afresh."""
-        self.rate = 0.0
-        self.min_rtt_ms = 0
-        self._rate_samples: list[float] = [0.0] * RATE_WINDOW
-        self._loaded_once = False
-        # Inputs of the spraying scheduler's delivery-time estimate (seconds).
-        self.seconds_per_segment = 1.0 / INITIAL_RATE
-        self.half_rtt = 0.0
-        self.pace_rate = 0.0  # segments/s; 0 = not paced (no rate measured yet)
+    def _reset_estimates(self, now: float) -> None:
+        """A new session starts empty and measures its link afresh (seeded by a hint)."""
         config = self._config
-        self.window = INITIAL_WINDOW if config.adaptive_window else config.snd_wnd
-        self._apply_window()
-        cap = config.queue_limit
-        self.limit = cap if config.send_queue_delay is None else min(cap, INITIAL_QUEUE_LIMIT)
+        cap = seed = None
+        send_bps = self.send_cap_bps()
+        if send_bps:
+            cap = seed = send_bps / (_BITS_PER_BYTE * config.kcp_mtu)
+        self.rc = RateController(
+            now,
+            max_window=config.snd_wnd,
+            queue_cap=config.queue_limit,
+            queue_delay=config.send_queue_delay,
+            adaptive=config.adaptive_window,
+            nodelay=config.kcp_nodelay,
+            cap=cap,
+            seed=seed,
+        )
+        self.window = -1
+        self._sync_bounds()
 
-    def _apply_window(self) -> None:
-        kcp = self.kcp
-        self._has_span = hasattr(type(kcp), "send_span")
-        kcp.wndsize(max(1, self._span(kcp) + self.window - kcp.inflight), 0)
+    def send_cap_bps(self) -> float:
+        """What this end may send on the link: our hint, else the peer's receive hint."""
+        hint = self.rate_hint.send_bps if self.rate_hint is not None else 0.0
+        peer = self.peer_receive_bps
+        if hint and peer:
+            return min(hint, peer)
+        return hint or peer
 
-    def _span(self, kcp: kcp_engines.KCPEngine) -> int:
-        """KCP's window counts from the oldest unacknowledged segment to the next new one.
+    def set_peer_roles(self, backup: bool, receive_bps: float, now: float) -> None:
+        """The peer's HELLO said whether the link is a backup and what it can receive."""
+        self.peer_backup = backup
+        if receive_bps != self.peer_receive_bps:
+            self.peer_receive_bps = receive_bps
+            if self.rc.rate <= 0.0 or self.segments == 0:
+                self._reset_estimates(now)
+            else:
+                self.rc.set_cap(self.send_cap_bps() / (_BITS_PER_BYTE * self._config.kcp_mtu))
+                self._sync_bounds()
 
-        After a loss that span includes every segment acknowledged behind the hole, so a
-        window of ``self.window`` *segments in flight* is ``span + window - inflight``.
-        Engines without ``send_span`` count in flight only (a hole then stalls new data
-        until its retransmission is acknowledged).
+    @property
+    def is_backup(self) -> bool:
+        return self.backup or self.peer_backup
+
+    def _sync_bounds(self) -> None:
+        """Copy the rate controller's outputs onto the attributes the hot path reads."""
+        rc = self.rc
+        self.limit = rc.queue_limit
+        self.pace_rate = rc.pace_rate
+        self.half_rtt = rc.half_rtt
+        self.seconds_per_segment = rc.seconds_per_segment
+        if rc.window != self.window:
+            self.window = rc.window
+            kcp = self.kcp
+            kcp.wndsize(max(1, kcp.send_span + self.window - kcp.inflight), 0)
+
+    # -- KCP -------------------------------------------------------------------------
+
+    def flush(self, now: float, *, force: bool = True, paced: bool = True) -> None:
+        """Pace, update KCP to ``now`` and (``force``, or when KCP is due) flush it.
+
+        Pacing opens KCP's window to what may leave now: the room in the in-flight
+        window and, once a rate is known, no more than the pacing budget (KCP sends
+        whatever its window allows at once, and after a hole is filled the window opens
+        by dozens of segments in one go, a burst that overflows a short WAN buffer).
+        The budget grows at :attr:`pace_rate`, capped at :data:`PACE_BURST` seconds'
+        worth plus :data:`MIN_BURST` segments, and is charged with what was sent.
+        Without ``force`` KCP flushes only on its own interval tick, so a batch of
+        received datagrams shares one flush of ACKs.
+        ``paced=False`` (CLOSE) opens KCP's window to everything queued, unpaced.
         """
-        if self._has_span:
-            return int(getattr(kcp, "send_span"))  # noqa: B009 - optional engine API
-        return kcp.inflight
-
-    def pace(self, now: float) -> None:
-        """Before KCP may flush: open its window to what may leave now.
-
-        That is the room in the in-flight window and, once a rate is known, no more than
-        the pacing budget: KCP sends whatever its window allows at once, and after a
-        hole is filled the window opens by dozens of segments in one go, a burst that
-        overflows a short WAN buffer.  The budget grows at :attr:`pace_rate` (capped at
-        :data:`PACE_BURST` seconds' worth plus :data:`MIN_BURST` segments).
-        """
         kcp = self.kcp
-        inflight = kcp.inflight
-        span = self._span(kcp)
-        self._paced_span = span
-        room = self.window - inflight
+        if not paced:
+            # Whatever is queued may leave at once (the last pacing may have closed the
+            # window to what was already in flight, and CLOSE must still go out).
+            kcp.wndsize(kcp.send_span + kcp.waitsnd(), 0)
+            self.clock_ms = round(now * 1000)
+            kcp.update(self.clock_ms)
+            kcp.flush()
+            return
+        span = kcp.send_span
+        room = self.window - kcp.inflight
         rate = self.pace_rate
         if rate:
             budget = self._budget + (now - self._paced_at) * rate
@@ -309,13 +435,88 @@ class Path:
                 room = int(budget)
         self._paced_at = now
         kcp.wndsize(span + room if room > 0 else max(1, span), 0)
-
-    def paced(self) -> None:
-        """After a flush: charge the budget with the new segments it sent."""
-        if self.pace_rate:
-            sent = self._span(self.kcp) - self._paced_span
+        now_ms = round(now * 1000)  # to_ms(), inlined
+        if now_ms != self.clock_ms:
+            self.clock_ms = now_ms
+            kcp.update(now_ms)
+        if force:
+            kcp.flush()
+        if not kcp.inflight:
+            self.busy_since = None
+        elif self.busy_since is None:
+            self.busy_since = now
+        if rate:
+            sent = kcp.send_span - span
             if sent > 0:
                 self._budget -= sent
+        if now >= self.rc.next_sample_at:
+            self.sample_rate(now)
+
+    def trim_acknowledged(self) -> None:
+        """Forget the messages that KCP's cumulative acknowledgement has passed."""
+        sent = self.sent
+        head = self.sent_head
+        count = len(sent)
+        if head >= count:
+            return
+        kcp = self.kcp
+        # sn of the oldest unacknowledged segment, in this session's segment count.
+        una = self.segments - (kcp.waitsnd() - kcp.inflight) - kcp.send_span
+        base = self.sent_base
+        if self.single:  # one segment per message: step over the acknowledged ones
+            step = min(una - base, count - head)
+            if step > 0:
+                head += step
+                base += step
+        else:
+            mss = self.mss
+            while head < count:
+                size = len(sent[head])
+                end = base + (1 if size <= mss else (size + mss - 1) // mss)
+                if end > una:
+                    break
+                base = end
+                head += 1
+        if head == count:
+            sent.clear()  # keeps the list (and the bound ``remember``) the same object
+            head = 0
+            self.single = True
+        elif head >= COMPACT_AFTER and 2 * head >= count:
+            del sent[:head]
+            head = 0
+        self.sent_head = head
+        self.sent_base = base
+
+    def unacknowledged(self) -> list[bytes]:
+        """DATA messages that may not have reached the peer (a superset), oldest first."""
+        self.trim_acknowledged()
+        return [m for m in self.sent[self.sent_head :] if m[0] in _DATA_KINDS]
+
+    def forget_sent(self) -> None:
+        """Drop the record of sent messages (they were sent again elsewhere)."""
+        self.sent.clear()
+        self.sent_head = 0
+        self.sent_base = self.segments
+        self.single = True
+
+    def idle(self) -> bool:
+        """Nothing queued, in flight or owed: KCP's tick can wait for the next send."""
+        return not self.kcp.waitsnd()
+
+    def kcp_due(self, now: float, now_ms: int) -> float:
+        """When KCP needs :meth:`flush` next (seconds), for a path that is not idle.
+
+        With segments only in flight (nothing waiting, so no pacing tick is needed) that
+        is their retransmission timeout, counted from when the oldest of them may have
+        left (ACKs arrive through ``receive`` and flush at once); else KCP's own tick.
+        """
+        kcp = self.kcp
+        busy_since = self.busy_since
+        if busy_since is not None and kcp.waitsnd() == kcp.inflight:
+            rto_due = busy_since + kcp.rto / 1000.0
+            if rto_due > now:
+                return rto_due
+        return kcp.check(now_ms) / 1000.0
 
     def _new_kcp(self, epoch: int, now: float) -> kcp_engines.KCPEngine:
         config = self._config
@@ -331,105 +532,76 @@ class Path:
     def send_control(self, message: bytes) -> None:
         """Queue a bond control message (never refused: it bypasses the queue bound)."""
         self.kcp.send(message)
+        segments = self.segments_for(len(message))
+        self.segments += segments
+        self.remember(message)  # it holds segment numbers between the DATA messages
+        if segments > 1:
+            self.single = False
         self.control_messages += 1
 
-    def count_fragments(self, size: int) -> None:
-        """Account a DATA packet of ``size`` bytes that KCP splits into several segments."""
-        self.extra_segments += (size + messages.DATA_HEADER.size - 1) // self.kcp.mss
+    def send_data(self, message: bytes) -> bool:
+        """Queue one encoded DATA message and remember it until acknowledged."""
+        if self.send(message) < 0:
+            return False
+        segments = self.segments_for(len(message))
+        self.segments += segments
+        self.remember(message)
+        if segments > 1:
+            self.single = False
+        return True
+
+    def segments_for(self, size: int) -> int:
+        """KCP segments a message of ``size`` bytes takes."""
+        mss = self.mss
+        return 1 if size <= mss else (size + mss - 1) // mss
+
+    def touch_meters(self, now: float) -> None:
+        """Feed the recent-rate meters (from the timer: cheap enough, and often enough)."""
+        self.tx_meter.touch(self.tx_bytes, now)
+        self.rx_meter.touch(self.rx_bytes, now)
 
     def sample_rate(self, now: float) -> None:
-        """Refresh the delivery rate and what derives from it: window and queue bound.
-
-        KCP runs without congestion control, so whatever it holds goes out at once.  The
-        path therefore caps what is *in flight* (KCP's send window) at ``gain * rate *
-        min RTT``: the link's pipe plus a little, so the WAN buffer never overflows
-        (overflow means retransmissions that waste the link) and the rest waits here,
-        where the queue bound turns excess into early drops the flows' TCP reacts to.
-
-        The rate is the maximum of the last :data:`RATE_WINDOW` samples of acknowledged
-        segments per second.  A sample above the estimate always counts (the link
-        carried it); a lower one only when the window was full throughout (the path was
-        the bottleneck, not the sender), so a lull never shrinks the window.  The
-        minimum RTT, not srtt, or the queue we cause would feed back into the window.
-        The queue bound is the window plus ``send_queue_delay`` worth of segments.
-        """
-        elapsed = now - self._rate_at
-        if elapsed < RATE_SAMPLE_INTERVAL:
-            return
+        """Feed the rate controller; re-apply its bounds when they changed."""
         kcp = self.kcp
-        srtt = kcp.srtt
-        if srtt > 0 and (srtt < self.min_rtt_ms or not self.min_rtt_ms):
-            self.min_rtt_ms = srtt
-            self.half_rtt = srtt / 2000.0
+        rc = self.rc
+        moved = rc.on_rtt(kcp.srtt, now)
+        if moved:
             self._set_rto_floor(kcp)
         waiting = kcp.waitsnd()
-        acked = self.tx_packets + self.control_messages + self.extra_segments - waiting
-        sample = (acked - self._rate_mark) / elapsed
-        # Window full at both ends of the interval (in flight == window, more waiting).
-        full = self.window if self._config.adaptive_window else MIN_QUEUE_LIMIT
-        loaded = min(waiting, self._rate_waiting) >= full
-        self._rate_at = now
-        self._rate_mark = acked
-        self._rate_waiting = waiting
-        if kcp is not self._rate_kcp:  # a new session: its queue started empty
-            self._rate_kcp = kcp
-            return
-        if not loaded and sample <= self.rate:
-            return
-        samples = self._rate_samples
-        samples[self._rate_slot] = sample
-        self._rate_slot = (self._rate_slot + 1) % RATE_WINDOW
-        self.rate = max(samples)
-        if self.rate <= 0.0:
-            return
-        self.seconds_per_segment = 1.0 / self.rate
-        if loaded:
-            self._loaded_once = True
-        self._update_bounds()
+        delivered = self.segments - waiting
+        queued = waiting - kcp.inflight
+        if rc.sample(now, delivered, queued, self.segments, kcp.retransmits) or moved:
+            self._sync_bounds()
 
     def _set_rto_floor(self, kcp: kcp_engines.KCPEngine) -> None:
         """Raise KCP's minimum RTO to :func:`rto_floor_ms` of the path's minimum RTT.
 
         KCP's own floor is fixed (30 or 100 ms) while its RTO tracks srtt + 4 rttvar,
-        which hugs the RTT once the window keeps the queue steady: any scheduling hiccup
-        then fires the RTO for a whole window of segments that were not lost (measured:
-        a third of all segments on a 120 ms path).  Engines without ``set_min_rto``
-        keep their floor.
+        which hugs the RTT once pacing keeps the queue steady: any scheduling hiccup
+        then fires the RTO for a whole window of segments that were not lost.
         """
-        set_min_rto = getattr(kcp, "set_min_rto", None)
-        if set_min_rto is not None:
-            set_min_rto(rto_floor_ms(self.min_rtt_ms, self._config.kcp_nodelay))
+        kcp.set_min_rto(self.rc.rto_floor)
 
-    def _update_bounds(self) -> None:
-        config = self._config
-        pipe = self.rate * self.min_rtt_ms / 1000.0
-        if config.adaptive_window and self.min_rtt_ms:
-            floor = MIN_WINDOW if self._loaded_once else INITIAL_WINDOW
-            window = min(config.snd_wnd, max(floor, math.ceil(WINDOW_GAIN * pipe)))
-            # Pace the window over one minimum RTT (WINDOW_GAIN * rate above the floor).
-            self.pace_rate = window * 1000.0 / self.min_rtt_ms
-            if window != self.window:
-                self.window = window
-                self._apply_window()
-        delay = config.send_queue_delay
-        if delay is None:
-            return
-        cap = config.queue_limit
-        base = self.window if config.adaptive_window else pipe
-        wanted = int(base + self.rate * delay)
-        self.limit = max(min(cap, MIN_QUEUE_LIMIT), min(cap, wanted))
+    # -- liveness ----------------------------------------------------------------------
 
     def hello(self, now: float, sprays: bool) -> bytes:
         """The HELLO to send now; schedules the next one."""
         now_ms = to_ms(now)
-        flags = messages.FLAG_SPRAYS if sprays else 0
+        flags = messages.FLAG_EXPRESS | (messages.FLAG_SPRAYS if sprays else 0)
+        if self.backup:
+            flags |= messages.FLAG_BACKUP
         echo = delay = 0
         if self.peer_sent_ms is not None:
             flags |= messages.FLAG_ECHO
             echo = self.peer_sent_ms
             delay = now_ms - self.peer_hello_at_ms
+        send_kbps = receive_kbps = 0
+        if self.rate_hint is not None:
+            send_kbps = math.ceil(self.rate_hint.send_bps / 1000)
+            receive_kbps = math.ceil(self.rate_hint.receive_bps / 1000)
         self.next_hello = now + self._config.hello_interval
-        return messages.encode_hello(messages.Hello(flags, now_ms, echo, delay, self.rx_packets))
+        hello = messages.Hello(flags, now_ms, echo, delay, self.rx_packets, send_kbps, receive_kbps)
+        return messages.encode_hello(hello)
 
     def on_hello(self, hello: messages.Hello, now: float) -> None:
         """Record the peer's timestamps; take an RTT sample from its echo of ours.
@@ -456,6 +628,9 @@ class Path:
         if sent_ms >= self.session_start_ms:
             self.two_way = True
             self.unanswered_probes = 0
+        if self.rc.on_rtt(self.kcp.srtt, now):
+            self._set_rto_floor(self.kcp)
+            self._sync_bounds()
 
     def probe_deadline(self) -> float:
         """When the unanswered probe of this down path may be given up for a fresh one.
@@ -469,7 +644,7 @@ class Path:
         if self.hello_rtt_ms:
             patience = max(hello, PROBE_RTTS * self.hello_rtt_ms / 1000.0)
         else:
-            patience = min(hello * 2.0 ** self.unanswered_probes, PROBE_PATIENCE_MAX)
+            patience = min(hello * 2.0**self.unanswered_probes, PROBE_PATIENCE_MAX)
         return self.session_start_ms / 1000.0 + patience
 
     def silence_limit(self) -> float:

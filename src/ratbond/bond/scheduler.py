@@ -6,17 +6,15 @@
   path while that path lives, and a path joining or leaving moves only the flows it wins
   or held (the minimum any scheme can move).  Scores are computed once per flow and
   cached until the set of paths changes.
-* :class:`EarliestDeliveryScheduler` -- the ``roundrobin`` balance: each packet takes
-  the path expected to deliver it first: half the path's minimum RTT, plus, when the
-  path's in-flight window is full, the queue beyond the window at the path's measured
-  rate.  (A packet that fits in the window leaves at once whatever the rate estimate
-  says: counting the whole queue at the rate would starve a path whose rate was only
-  ever measured under light load, and its estimate could then never grow.)  Plain
-  rotation hands a slow link as many packets as a fast one, so consecutive packets
-  arrive far apart and the receiver's reorder buffer holds the fast paths' packets
-  behind the slow one's; earliest delivery shares packets in proportion to the rates,
-  keeps light traffic on the shortest path, and lets packets arrive nearly in order.
-  A path without room is passed over.
+* :class:`AdaptiveScheduler` -- the ``adaptive``, ``roundrobin`` and ``redundant``
+  balances: each packet takes the path expected to deliver it first, everything the path
+  holds (queued and in flight) at its capacity estimate plus half its minimum RTT.
+  Plain rotation hands a slow link as many packets as a fast one, so consecutive
+  packets arrive far apart and the receiver's reorder buffer holds the fast paths'
+  packets behind the slow one's; earliest delivery shares packets in proportion to the
+  rates, keeps light traffic on the shortest path, and lets packets arrive nearly in
+  order.  A path without room, or whose arrival would overshoot the reorder budget, is
+  passed over; ``adaptive`` sends small packets on the lowest-RTT path with room.
 """
 
 from __future__ import annotations
@@ -60,6 +58,17 @@ class ConsistentScheduler:
         self._weights = dict(weights)
         self._cache.clear()
 
+    def reweigh(self, weights: Mapping[int, float]) -> None:
+        """New weights for the same paths: flows already placed stay where they are
+        (moving a flow between paths reorders it); new flows follow the new weights."""
+        if set(weights) != set(self._weights):
+            self.set_paths(weights)
+            return
+        for path_id, weight in weights.items():
+            if not weight > 0.0 or math.isinf(weight):
+                raise ValueError(f"path {path_id}: weight must be finite and > 0, got {weight}")
+        self._weights = dict(weights)
+
     def pick(self, key: bytes) -> int | None:
         """The path for flow ``key``, or None when no path is live."""
         path_id = self._cache.get(key)
@@ -79,10 +88,9 @@ class ConsistentScheduler:
 
 
 class Lane(Protocol):
-    """What :class:`EarliestDeliveryScheduler` reads of a path (all kept current by it)."""
+    """What :class:`AdaptiveScheduler` reads of a path (all kept current by it)."""
 
     limit: int
-    window: int
     seconds_per_segment: float
     half_rtt: float
 
@@ -92,32 +100,52 @@ class Lane(Protocol):
 LaneT = TypeVar("LaneT", bound=Lane)
 
 
+#: Segments small packets may queue beyond a lane's bound (see pick_fastest).
+SMALL_HEADROOM: Final = 64
+
 #: Expected deliveries this close (seconds) are a tie: the lanes take turns.  KCP measures
 #: RTTs in whole milliseconds, so the half RTTs of equal links differ by about this much.
 TIE_SECONDS: Final = 0.0005
 
 
-class EarliestDeliveryScheduler(Generic[LaneT]):
-    """Per-packet choice of the path with the earliest expected delivery.
+class AdaptiveScheduler(Generic[LaneT]):
+    """The ``adaptive`` balance: per packet, the path where it is expected to arrive first.
 
-    Paths whose expected deliveries lie within :data:`TIE_SECONDS` of each other count as
-    equal and take turns, so equal links share a sprayed flow round-robin (rather than the
-    first in order taking all of it) while a clearly faster or emptier path still wins.
+    A lane's expected arrival is everything it holds (queued and in flight) at its
+    estimated rate, plus half its minimum RTT.  Estimates do not collapse when a path is
+    lightly used (see :mod:`ratbond.bond.rate`), so counting the whole queue starves
+    nothing.  Each packet goes where it arrives first, so packets leave in ``seq`` order
+    and arrive nearly so.  A lane with room whose arrival would come more than
+    :attr:`budget` seconds (the receiver's reorder hold) after that of a full lane gets
+    nothing, and neither does a second copy (``redundant``, ``duplicate``) that would
+    come that much after the first.  Small packets take the lowest-RTT lane with room
+    (:meth:`pick_fastest`).  Ties within :data:`TIE_SECONDS` take turns.
     """
 
-    __slots__ = ("_lanes", "_turn")
+    __slots__ = ("_lanes", "_turn", "budget")
 
     def __init__(self) -> None:
         self._lanes: tuple[LaneT, ...] = ()
         self._turn = 0
+        self.budget = math.inf
 
     def set_paths(self, lanes: Iterable[LaneT]) -> None:
-        """Replace the live paths."""
+        """Replace the lanes (live paths that may carry DATA)."""
         self._lanes = tuple(lanes)
         self._turn = 0
 
+    @property
+    def lanes(self) -> tuple[LaneT, ...]:
+        return self._lanes
+
     def pick(self) -> LaneT | None:
-        """The lane with room whose next packet would arrive first, else None."""
+        """The lane with room whose next packet would arrive first, else None.
+
+        None too when that arrival comes more than :attr:`budget` after the earliest
+        arrival of any lane, full ones included: the fast lanes are full and the packet
+        would wait at the receiver for everything they hold (head-of-line blocking); a
+        drop tells the flow to slow down instead.
+        """
         lanes = self._lanes
         count = len(lanes)
         if not count:
@@ -125,17 +153,64 @@ class EarliestDeliveryScheduler(Generic[LaneT]):
         start = self._turn % count
         self._turn = start + 1
         best: LaneT | None = None
-        best_due = math.inf
+        best_due = floor = math.inf
         for index in range(start, start + count):
             lane = lanes[index % count]
             queued = lane.waitsnd()
+            due = lane.half_rtt + (queued + 1) * lane.seconds_per_segment
+            if due < floor:  # noqa: PLR1730 - min() costs a call per packet
+                floor = due
             if queued >= lane.limit:
                 continue
-            due = lane.half_rtt
-            beyond = queued - lane.window
-            if beyond >= 0:
-                due += (beyond + 1) * lane.seconds_per_segment
-            # Only a clearly earlier delivery displaces the first acceptable lane in turn.
             if due < best_due - TIE_SECONDS:
                 best, best_due = lane, due
+        if best_due > floor + self.budget:
+            return None
+        return best
+
+    def pick_any(self) -> LaneT | None:
+        """The lane where a packet arrives first, full or not (for DATA sent again)."""
+        best: LaneT | None = None
+        best_due = math.inf
+        for lane in self._lanes:
+            due = lane.half_rtt + (lane.waitsnd() + 1) * lane.seconds_per_segment
+            if due < best_due:
+                best, best_due = lane, due
+        return best
+
+    def pick_other(self, first: LaneT) -> LaneT | None:
+        """The best lane with room for a second copy of a packet queued on ``first``,
+        unless it would arrive more than :attr:`budget` after the first copy (the
+        receiver would have handed that one out long before: the copy only loads the
+        link)."""
+        first_due = first.half_rtt + first.waitsnd() * first.seconds_per_segment
+        best: LaneT | None = None
+        best_due = math.inf
+        for lane in self._lanes:
+            if lane is first:
+                continue
+            queued = lane.waitsnd()
+            if queued >= lane.limit:
+                continue
+            due = lane.half_rtt + (queued + 1) * lane.seconds_per_segment
+            if due < best_due:
+                best, best_due = lane, due
+        if best is not None and best_due > first_due + self.budget:
+            return None
+        return best
+
+    def pick_fastest(self, *, exclude: LaneT | None = None) -> LaneT | None:
+        """The lowest-RTT lane with room for small, latency-sensitive packets.
+
+        Room for them goes :data:`SMALL_HEADROOM` segments past the queue bound: a bulk
+        flow keeps the queues at the bound, and dropping its ACKs, DNS or pings with it
+        would hurt every other flow (they are small and few).
+        """
+        best: LaneT | None = None
+        best_rtt = math.inf
+        for lane in self._lanes:
+            if lane is exclude or lane.waitsnd() >= lane.limit + SMALL_HEADROOM:
+                continue
+            if lane.half_rtt < best_rtt:
+                best, best_rtt = lane, lane.half_rtt
         return best

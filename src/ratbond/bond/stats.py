@@ -31,6 +31,15 @@ class PathSnapshot:
     restarts: int
     last_heard_ago_s: float | None
     down_reason: str | None
+    path_state: str = "probing"  # PathState value: probing, up, parked, closed
+    capacity_bps: int = 0  # capacity estimate (full-size segments), kept while idle
+    tx_rate_bps: int = 0  # DATA sent recently (falls to 0 when idle)
+    rx_rate_bps: int = 0  # DATA received recently (falls to 0 when idle)
+    min_rtt_ms: float = 0.0
+    loss: float = 0.0  # fraction of segments sent again, smoothed
+    rate_phase: str = "startup"  # RatePhase value
+    window: int = 0  # segments allowed in flight
+    backup: bool = False  # carries DATA only while no primary path is up
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +56,6 @@ class BondSnapshot:
     reorder: ReorderStats
     peer_sprays: bool
     closed: bool
+    duplicates: int = 0  # copies of an already delivered seq dropped (all modes)
+    copies_sent: int = 0  # second copies sent (redundant balance, duplicate option)
+    resent: int = 0  # DATA sent again after its path died

@@ -1,5 +1,7 @@
 """Two bonds wired back to back through a simulated network, on a hand-stepped clock.
 
+Test-only (it lived in ``ratbond.bond.simnet`` before): import it as ``tests.simnet``.
+
 For tests, benchmarks and experiments: each path has its own one-way delay and loss rate
 per direction and can be blackholed; the "server" side adds a path when its first
 datagram arrives, as the real server shell does.  Deterministic for a given ``seed``.

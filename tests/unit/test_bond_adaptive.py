@@ -1,0 +1,328 @@
+"""The adaptive bond under a fake clock over simulated rated links: byte shares follow
+capacity, small packets take the shortest path, nothing is lost or duplicated when a
+path dies, redundancy, backup paths, rate hints and an idle bond that sleeps."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from collections.abc import Callable
+from typing import cast
+
+import pytest
+
+from ratbond.bond import Bond, BondConfig, LinkRate
+from ratbond.kcp import EngineName
+from tests.simnet import Side, SimNet
+
+from .test_bond_session import ident
+from .test_bond_session import udp as dns
+
+
+def udp(flow: int, number: int, size: int = 60) -> bytes:
+    """Like test_bond_session.udp (a DNS packet: small class), but to port 5201 (bulk
+    once it is SMALL_PACKET bytes or more)."""
+    packet = bytearray(dns(flow, number, size))
+    packet[22:24] = (5201).to_bytes(2, "big")
+    return bytes(packet)
+
+
+ENGINES = ["c"] + (["python"] if importlib.util.find_spec("ratbond.kcp.core") else [])
+PACKET = 1000  # bytes of each bulk test packet (one KCP segment)
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest) -> EngineName:
+    return cast(EngineName, request.param)
+
+
+def rated_pair(
+    engine: EngineName,
+    links: dict[int, tuple[float, float]],
+    *,
+    buffer: float = 0.05,
+    loss: float = 0.0,
+    **options: object,
+) -> SimNet:
+    """Bonds over links ``{id: (datagrams/s, one-way delay)}``, every path up."""
+    config = BondConfig(kcp_engine=engine, **options)  # type: ignore[arg-type]
+    net = SimNet(Bond(config, 0.0), Bond(config, 0.0))
+    for path_id, (rate, delay) in links.items():
+        net.link(path_id, delay=delay, rate=rate, buffer=buffer, loss=loss)
+        net.client.bond.add_path(path_id, 0.0)
+    net.run_for(1.0)
+    assert net.client.bond.live_paths() == sorted(links)
+    return net
+
+
+def greedy(net: SimNet, side: Side, seconds: float, *, flows: int = 1, start: int = 0) -> int:
+    """Offer ``side`` more than it can carry for ``seconds`` (every 2 ms); packets sent."""
+    end = net.now + seconds
+    number = start
+    while net.now < end:
+        while side.bond.send_packet(udp(number % flows, number, size=PACKET), net.now):
+            number += 1
+        net.run_for(0.002)
+    return number - start
+
+
+def stream(
+    net: SimNet, side: Side, seconds: float, *, pps: float = 100.0, flows: int = 8, start: int = 0
+) -> list[bytes]:
+    """A sequence-numbered UDP stream of ``pps`` from ``flows`` source ports."""
+    sent = []
+    for number in range(start, start + round(seconds * pps)):
+        packet = udp(number % flows, number, size=200)
+        side.bond.send_packet(packet, net.now)
+        sent.append(packet)
+        net.run_for(1.0 / pps)
+    return sent
+
+
+def test_a_fresh_path_reaches_its_link_rate_within_a_second(engine: EngineName) -> None:
+    net = rated_pair(engine, {1: (4000.0, 0.02)}, balance="adaptive")  # 40 ms RTT
+    greedy(net, net.client, 1.0)
+    path = net.client.bond.snapshot(now=net.now).paths[1]
+    assert path.rate_pps >= 0.8 * 4000
+    assert path.capacity_bps == pytest.approx(path.rate_pps * 8 * 1400, rel=0.01)
+    assert path.rate_phase != "startup"  # it found the pipe full and left startup
+    assert path.min_rtt_ms == pytest.approx(40, abs=5)
+
+
+def test_the_estimate_survives_an_idle_period_and_the_rates_fall_to_zero(
+    engine: EngineName,
+) -> None:
+    net = rated_pair(engine, {1: (2000.0, 0.02)}, balance="adaptive")
+    greedy(net, net.client, 2.0)
+    busy = net.client.bond.snapshot(now=net.now).paths[1]
+    assert busy.tx_rate_bps >= 0.8 * 2000 * PACKET * 8
+    net.run_for(5.0)  # idle: only HELLOs
+    idle = net.client.bond.snapshot(now=net.now).paths[1]
+    assert idle.rate_pps >= 0.8 * busy.rate_pps  # no collapse
+    assert idle.tx_rate_bps == 0
+    assert net.server.bond.snapshot(now=net.now).paths[1].rx_rate_bps == 0
+    before = len(net.server.packets)
+    greedy(net, net.client, 0.5, start=10**6)
+    assert len(net.server.packets) - before >= 0.7 * 2000 * 0.5  # full speed at once
+
+
+def test_adaptive_byte_shares_follow_the_links_capacities(engine: EngineName) -> None:
+    links = {1: (3000.0, 0.010), 2: (2000.0, 0.020), 3: (1000.0, 0.030)}
+    net = rated_pair(engine, links, balance="adaptive")
+    greedy(net, net.client, 2.0)  # ramp up
+    before = {pid: p.tx_packets for pid, p in net.client.bond.snapshot().paths.items()}
+    delivered_before = len(net.server.packets)
+    greedy(net, net.client, 3.0, start=10**6)
+    after = net.client.bond.snapshot().paths
+    carried = {pid: after[pid].tx_packets - before[pid] for pid in links}
+    total = sum(carried.values())
+    for pid, (rate, _) in links.items():
+        assert carried[pid] / total == pytest.approx(rate / 6000.0, rel=0.1)
+    # The bond delivers (nearly) the sum of the links.
+    assert len(net.server.packets) - delivered_before >= 0.9 * 6000 * 3.0
+
+
+def test_small_packets_take_the_lowest_rtt_path_and_are_not_held(engine: EngineName) -> None:
+    links = {1: (2000.0, 0.040), 2: (2000.0, 0.005)}
+    net = rated_pair(engine, links, balance="adaptive")
+    greedy(net, net.client, 1.0)
+    on_fast = net.client.bond.snapshot().paths[2].tx_packets
+    arrivals: list[float] = []
+    for number in range(20):  # a small packet every 50 ms next to a greedy bulk flow
+        ping = udp(7, 10**7 + number, size=60)
+        sent_at = net.now
+        assert net.client.bond.send_packet(ping, net.now)
+        greedy(net, net.client, 0.05, start=10**5 + 100 * number)
+        [index] = [i for i, p in enumerate(net.server.packets) if p == ping]
+        arrivals.append(net.now - sent_at)
+        del net.server.packets[index]
+        assert index >= 0
+    assert net.client.bond.snapshot().paths[2].tx_packets > on_fast
+    reorder = net.server.bond.snapshot().reorder
+    assert reorder.passed >= 20  # handed out at once, not behind the bulk's gaps
+
+
+@pytest.mark.parametrize("balance", ["adaptive", "consistent"])
+def test_a_stream_crossing_remove_path_arrives_complete_without_duplicates(
+    engine: EngineName, balance: str
+) -> None:
+    net = rated_pair(engine, {1: (2000.0, 0.02), 2: (2000.0, 0.03)}, balance=balance)
+    sent = stream(net, net.client, 1.0)
+    net.client.bond.remove_path(1, net.now, "carrier lost")
+    sent += stream(net, net.client, 1.0, start=len(sent))
+    net.run_for(1.0)
+    assert Counter(net.server.packets) == Counter(sent)  # each exactly once
+    assert net.client.bond.snapshot().resent > 0 or balance == "adaptive"
+
+
+@pytest.mark.parametrize("balance", ["adaptive", "consistent"])
+def test_a_download_crossing_linkdown_arrives_complete_without_duplicates(
+    engine: EngineName, balance: str
+) -> None:
+    net = rated_pair(engine, {1: (500.0, 0.05), 2: (500.0, 0.05)}, balance=balance)
+    sent = [udp(n % 8, n, size=PACKET) for n in range(400)]
+    for packet in sent:  # a burst: hundreds queued and in flight on both paths
+        assert net.server.bond.send_packet(packet, net.now) or True
+    accepted = net.server.bond.snapshot().packets_in
+    net.run_for(0.06)
+    net.client.bond.remove_path(1, net.now, "carrier lost")  # LINKDOWN to the server
+    net.run_for(3.0)
+    server = net.server.bond.snapshot()
+    assert server.resent > 0  # the server sent path 1's undelivered DATA again
+    numbers = [ident(p)[1] for p in net.client.packets]
+    assert len(numbers) == len(set(numbers)) == accepted
+    assert net.client.bond.snapshot().duplicates >= 0
+
+
+def test_a_stream_crossing_a_blackhole_arrives_complete_without_duplicates(
+    engine: EngineName,
+) -> None:
+    net = rated_pair(
+        engine,
+        {1: (2000.0, 0.02), 2: (2000.0, 0.03)},
+        balance="adaptive",
+        hello_interval=0.5,
+        dead_after=2.0,
+    )
+    sent = stream(net, net.client, 1.0)
+    net.blackhole(1)
+    sent += stream(net, net.client, 4.0, start=len(sent))
+    net.blackhole(1, on=False)
+    sent += stream(net, net.client, 1.0, start=len(sent))
+    net.run_for(2.0)
+    numbers = [ident(p)[1] for p in net.server.packets]
+    assert sorted(numbers) == list(range(len(sent)))  # complete, no duplicate
+    # Both ends may notice and say LINKDOWN: the second is ignored; nothing else dropped.
+    assert set(net.client.bond.snapshot().drops) <= {"linkdown_ignored"}
+
+
+def test_redundant_first_copy_wins_and_the_copy_is_counted_not_delivered(
+    engine: EngineName,
+) -> None:
+    net = rated_pair(engine, {1: (2000.0, 0.02), 2: (2000.0, 0.03)}, balance="redundant")
+    sent = stream(net, net.client, 1.0)
+    net.run_for(1.0)
+    assert net.server.packets == sent
+    client, server = net.client.bond.snapshot(), net.server.bond.snapshot()
+    assert client.copies_sent == len(sent)
+    assert {pid: p.tx_packets for pid, p in client.paths.items()} == {1: 100, 2: 100}
+    assert server.duplicates == len(sent)
+
+
+def test_duplicate_small_copies_only_small_packets(engine: EngineName) -> None:
+    net = rated_pair(
+        engine, {1: (2000.0, 0.02), 2: (2000.0, 0.03)}, balance="adaptive", duplicate="small"
+    )
+    small = [udp(1, n, size=60) for n in range(10)]
+    bulk = [udp(2, 100 + n, size=PACKET) for n in range(10)]
+    for packet in small + bulk:
+        assert net.client.bond.send_packet(packet, net.now)
+    net.run_for(1.0)
+    assert Counter(net.server.packets) == Counter(small + bulk)
+    assert net.client.bond.snapshot().copies_sent == 10
+    assert net.server.bond.snapshot().duplicates == 10
+
+
+def test_a_backup_path_idles_while_a_primary_lives_and_carries_when_none_does(
+    engine: EngineName,
+) -> None:
+    config = BondConfig(kcp_engine=engine, balance="adaptive")
+    net = SimNet(Bond(config, 0.0), Bond(config, 0.0))
+    net.link(1, delay=0.02, rate=2000.0, buffer=0.05)
+    net.link(2, delay=0.005, rate=2000.0, buffer=0.05)  # faster, but a backup
+    net.client.bond.add_path(1, 0.0)
+    net.client.bond.add_path(2, 0.0, backup=True)
+    net.run_for(1.0)
+    assert net.client.bond.live_paths() == net.server.bond.live_paths() == [1, 2]
+    assert net.server.bond.snapshot().paths[2].backup  # learnt from the HELLO
+    up = stream(net, net.client, 0.5)
+    down = stream(net, net.server, 0.5)
+    for side in (net.client, net.server):
+        assert side.bond.snapshot().paths[2].tx_packets == 0
+    net.client.bond.remove_path(1, net.now, "carrier lost")
+    net.run_for(0.2)
+    up += stream(net, net.client, 0.5, start=len(up))
+    down += stream(net, net.server, 0.5, start=len(down))
+    net.run_for(0.5)
+    assert Counter(net.server.packets) == Counter(up)
+    assert Counter(net.client.packets) == Counter(down)
+    for side in (net.client, net.server):
+        assert side.bond.snapshot().paths[2].tx_packets >= 50
+
+
+def test_a_rate_hint_caps_this_end_and_tells_the_peer_its_receive_rate(
+    engine: EngineName,
+) -> None:
+    config = BondConfig(kcp_engine=engine, balance="adaptive")
+    net = SimNet(Bond(config, 0.0), Bond(config, 0.0))
+    net.link(1, delay=0.02, rate=4000.0, buffer=0.05)
+    hint = LinkRate(send_bps=1000 * 8 * 1400, receive_bps=500 * 8 * 1400)  # segments/s
+    net.client.bond.add_path(1, 0.0, rate_hint=hint)
+    net.run_for(1.0)
+    greedy(net, net.client, 2.0)
+    greedy(net, net.server, 2.0)
+    client = net.client.bond.snapshot().paths[1]
+    server = net.server.bond.snapshot().paths[1]
+    assert client.rate_pps == pytest.approx(1000, rel=0.05)  # seeded and capped
+    assert server.rate_pps <= 500 * 1.01  # the client's receive rate caps the server
+    assert server.tx_rate_bps <= 1.1 * 500 * PACKET * 8
+
+
+def test_an_idle_bond_wakes_rarely(engine: EngineName) -> None:
+    net = rated_pair(engine, {1: (2000.0, 0.01), 2: (2000.0, 0.02), 3: (2000.0, 0.03)})
+    wakes = Counter[str]()
+    for name, side in (("client", net.client), ("server", net.server)):
+        original = side.bond.handle_timer
+
+        def counted(
+            now: float, original: Callable[[float], None] = original, name: str = name
+        ) -> None:
+            wakes[name] += 1
+            original(now)
+
+        side.bond.handle_timer = counted  # type: ignore[method-assign]
+    net.run_for(10.0)
+    for name in ("client", "server"):
+        # HELLOs only: one wake per hello interval (2 s) per path, not KCP ticks.
+        assert wakes[name] < 1.0 * 10.0 * 3, wakes  # < 1 wake per second per path (brief: 5)
+    assert net.client.bond.live_paths() == [1, 2, 3]
+
+
+def test_consistent_hashing_weights_paths_by_capacity_without_moving_placed_flows(
+    engine: EngineName,
+) -> None:
+    links = {1: (3000.0, 0.01), 2: (1000.0, 0.01)}
+    net = rated_pair(engine, links, balance="consistent")
+    bond = net.client.bond
+    old_flows = list(range(8))
+    placed = {flow: bond._consistent.pick(bytes([flow])) for flow in old_flows}
+    greedy(net, net.client, 3.0, flows=16)  # both paths measured under load
+    capacity = {pid: p.rate_pps for pid, p in bond.snapshot().paths.items()}
+    assert capacity[1] > 2 * capacity[2]
+    # Flows placed before the weights moved stay where they were ...
+    assert {flow: bond._consistent.pick(bytes([flow])) for flow in old_flows} == placed
+    # ... new flows share the paths by capacity.
+    new_flows = Counter(bond._consistent.pick(b"new-%d" % n) for n in range(4000))
+    share = new_flows[1] / 4000
+    assert share == pytest.approx(capacity[1] / (capacity[1] + capacity[2]), abs=0.05)
+
+
+def test_small_packets_are_not_dropped_while_a_bulk_flow_fills_the_queues(
+    engine: EngineName,
+) -> None:
+    net = rated_pair(engine, {1: (1000.0, 0.02), 2: (1000.0, 0.03)}, balance="adaptive")
+    greedy(net, net.server, 1.0)
+    bond = net.server.bond
+    small = []
+    bulk = 10**5
+    for number in range(50):  # a 50 pps stream of small packets next to a full download
+        while bond.send_packet(udp(0, bulk, size=PACKET), net.now):
+            bulk += 1  # every queue at its bound: the next bulk packet was refused
+        packet = udp(9, 10**7 + number, size=100)
+        assert bond.send_packet(packet, net.now)
+        small.append(packet)
+        greedy(net, net.server, 0.02, start=bulk)
+        bulk += 10**4
+    net.run_for(1.0)
+    assert bond.snapshot().drops.get("queue_full", 0) >= 50
+    assert [p for p in net.client.packets if p in set(small)] == small  # all, in order
