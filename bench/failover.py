@@ -55,14 +55,15 @@ from ratbond.lab.bonded import (
 from ratbond.lab.failover import (
     GAP_FRACTION,
     Interval,
+    Marks,
     Sample,
     StatusPoller,
     Transfer,
     count_drops,
-    goodput_after_cut,
-    leave_and_rejoin,
+    goodput_analysis,
     parse_intervals,
     path_id_on,
+    path_timings,
 )
 from ratbond.lab.spec import LinkSpec, parse_links
 from ratbond.lab.topology import Lab, isp_address, table_id
@@ -79,7 +80,6 @@ PATH_DOWN = re.compile(r"path \d+ down: ")  # both ends log every PathDown like 
 LEAVE_TARGET_MS = 100.0
 GAP_TARGET_S = {"netlink": 0.5, "route": 0.5, "blackhole": 2.0}
 FLOWS = 4                     # parallel iperf3 flows: with hashing, some avoid the cut link
-SETTLE = 1.0                  # intervals before this are slow start: not in the reference
 
 # Liveness settings (passed to both ends): name -> (hello s, dead-after s).
 # "2/10" is the original's (and, when this was written, ratbond's) default.
@@ -169,22 +169,7 @@ def _path_of_link(samples: Sequence[Sample], link: int) -> int:
     return path_id
 
 
-def _ms(sample: Sample | None, since: float) -> float | None:
-    return None if sample is None else round((sample.t - since) * 1000, 1)
-
-
 # ----- one measured event ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Marks:
-    """Wall-clock moments of one run (``time.time()``, shared by every namespace)."""
-
-    launched: float     # iperf3 started
-    event: float        # just before the cut
-    cut_done: float
-    restore_start: float
-    restored: float     # the restore command has returned: the link is whole again
 
 
 def drive(event: Event, path_id: int, pollers_: tuple[StatusPoller, StatusPoller],
@@ -293,49 +278,6 @@ def _log_events(path: Path, path_id: int) -> list[tuple[float, str]]:
     text = path.read_text(errors="replace") if path.exists() else ""
     return [(time.mktime(time.strptime(m[1], "%Y-%m-%d %H:%M:%S")) + int(m[2]) / 1000, m[4])
             for m in _LOG_LINE.finditer(text) if int(m[3]) == path_id]
-
-
-def path_timings(samples: dict[str, list[Sample]], logs: dict[str, list[tuple[float, str]]],
-                 path_id: int, marks: Marks) -> dict[str, Any]:
-    """Leave (from the event) and rejoin (from the restore) per end, in ms: as the polled
-    status showed it (an upper bound, ``poll_resolution_ms`` coarse) and as the end's log
-    line stamped it (the moment its core decided, 1 ms coarse)."""
-    out: dict[str, Any] = {}
-    resolution = 0.0
-    for role in ("client", "server"):
-        moves = leave_and_rejoin(samples[role], lambda s: path_id in s.up_paths,
-                                 marks.event, marks.restored)
-        resolution = max(resolution, moves.resolution)
-        for name, seen, since, state in (("leave", moves.left, marks.event, "down"),
-                                         ("rejoin", moves.rejoined, marks.restored, "up")):
-            out[f"{name}_{role}_ms"] = _ms(seen, since)
-            logged = next((t for t, what in logs[role] if t >= since - 0.001 and what == state),
-                          None)
-            out[f"{name}_{role}_log_ms"] = (None if logged is None
-                                            else round((logged - since) * 1000, 1))
-    out["poll_resolution_ms"] = round(resolution * 1000, 1)
-    return out
-
-
-# ----- goodput analysis (pure: ratbond.lab.failover) ------------------------------------
-
-
-def goodput_analysis(intervals: Sequence[Interval], event_at: float,
-                     skew: float = 0.0) -> dict[str, Any]:
-    """Gap, dip and per-flow stall from the event on, rounded for the table and JSON.
-
-    ``event_at`` is the event on the launch clock; on iperf3's own clock it lies up to
-    ``skew`` earlier, so the reference (median interval from ``SETTLE``, slow start over)
-    ends ``skew`` before it, and the analysis starts there too.
-    """
-    found = goodput_after_cut(intervals, event_at - max(0.0, skew), fraction=GAP_FRACTION,
-                              settle=SETTLE)
-    if found is None:
-        return {"median_before_mbit": None, "gap_s": None, "dip": None, "flow_stall_s": None}
-    return {"median_before_mbit": round(found.baseline_mbit, 2),
-            "gap_s": round(found.gap_s, 2), "dip": round(found.dip, 3),
-            "flow_stall_s": round(found.flow_stall_s, 2),
-            "mean_after_mbit": round(found.mean_after_mbit, 2)}
 
 
 # ----- flap check --------------------------------------------------------------------------

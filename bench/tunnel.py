@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--links", default=DEFAULT_LINKS,
-                   help=f"emulated links of the wan scenario (default {DEFAULT_LINKS})")
+                   help="emulated links of the wan scenario (default "
+                        f"{DEFAULT_LINKS.replace('%', '%%')})")
     p.add_argument("--only", choices=("cpu", "wan"), help="run one scenario")
     p.add_argument("--log-dir", type=Path, default=Path("/tmp/ratbond-bench"))
     args = p.parse_args(argv)

@@ -15,12 +15,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ratbond.lab.bonded import wait_until
 from ratbond.lab.demo import _failover_line
 from ratbond.lab.netns import list_namespaces
 from ratbond.lab.state import state_path
@@ -43,12 +43,20 @@ def _nothing_left(prefix: str, name: str, workdir: str | None) -> None:
     assert not (state_path(name).parent / name).exists()
     if workdir is not None:
         assert not Path(workdir).exists()
-        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-            try:
-                text = cmdline.read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            assert workdir not in text, f"a process of the demo survived: {text!r}"
+        assert _processes_naming(workdir) == [], "a process of the demo survived"
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of the running processes that contain ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in line:
+            found.append(line)
+    return found
 
 
 def _number(pattern: str, text: str) -> float:
@@ -83,6 +91,8 @@ def test_demo_reports_links_bond_and_failover_and_leaves_nothing(tmp_path: Path)
         assert _number(rf"wan{i} +\S+ +([\d.]+) \(", report) > 0
     assert _number(r"8 flows down +([\d.]+) Mbit/s", report) > 0
     assert _number(r"8 flows up +([\d.]+) Mbit/s", report) > 0
+    assert _number(r"1 flow down +([\d.]+) Mbit/s", report) > 0
+    assert _number(r"1 flow up +([\d.]+) Mbit/s", report) > 0
     assert _number(r"RTT via the tunnel ([\d.]+) ms", report) > 0
     assert len(re.findall(r"gap [\d.]+ s, path left the bond after [\d.]+ s, "
                           r"rejoined [\d.]+ s after the restore", report)) == 2, report
@@ -93,7 +103,7 @@ def test_demo_reports_links_bond_and_failover_and_leaves_nothing(tmp_path: Path)
     assert [round(f["rtt_ms"] / 40) for f in links] == [1, 2, 3]  # 20/40/60 ms one way
     link_sum = sum(f["down_mbit"] for f in links)
     assert 0 < bond["down_mbit"] < 1.1 * link_sum
-    assert bond["up_mbit"] > 0 and bond["down_1flow_mbit"] > 0
+    assert bond["up_mbit"] > 0 and bond["down_1flow_mbit"] > 0 and bond["up_1flow_mbit"] > 0
     assert bond["rtt_ms"] > min(f["rtt_ms"] for f in links)
     assert figures["roundrobin"]["down_mbit"] > 0 and figures["roundrobin"]["up_mbit"] > 0
     runs = {run["kind"]: run for run in figures["failover"]}
@@ -122,7 +132,12 @@ def test_ctrl_c_while_the_tunnel_runs_removes_everything() -> None:
             lines.append(line)
             if line.startswith("[4/"):  # the tunnel is up and measuring
                 break
-        time.sleep(0.5)
+        made = re.search(r"secret made for this run in (\S+)/secret", "".join(lines))
+        assert made, "".join(lines)
+        running = made.group(1)
+        # Ctrl-C must land while both ratbond ends run: wait until they are seen running.
+        wait_until(lambda: len(_processes_naming(running)) >= 2, 20,
+                   interval=0.05, what="ratbond server and client running")
         os.killpg(proc.pid, signal.SIGINT)
         rest, err = proc.communicate(timeout=60)
     finally:

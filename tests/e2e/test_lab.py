@@ -26,7 +26,7 @@ from ratbond.lab.netns import list_namespaces
 from ratbond.lab.spec import LinkSpec
 from ratbond.lab.state import RUN_DIR, state_path
 from ratbond.lab.topology import Lab, LabError
-from tests.e2e.conftest import LabFactory
+from tests.e2e.tunnel_util import LabFactory
 
 pytestmark = pytest.mark.root
 
@@ -187,7 +187,7 @@ def test_down_is_idempotent_and_complete() -> None:
 def test_failed_build_leaves_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[Lab] = []
 
-    def broken(self: Lab, i: int, spec: LinkSpec) -> None:
+    def broken(self: Lab, _i: int, _spec: LinkSpec) -> None:
         made.append(self)
         raise OSError("emulator refused to start")
 
@@ -228,6 +228,10 @@ def test_sigint_mid_build_leaves_nothing() -> None:
     assert_nothing_left(name, prefix)
 
 
+def _sigint_at_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigint_to_a_process_using_the_api_leaves_nothing() -> None:
     name = f"rbtest-api{os.getpid()}"
     script = textwrap.dedent(f"""
@@ -238,8 +242,11 @@ def test_sigint_to_a_process_using_the_api_leaves_nothing() -> None:
             print(lab.prefix, flush=True)
             time.sleep(60)
         """)
+    # A program run from a terminal gets Ctrl-C at its default, whatever this test runner
+    # inherited (CI may start it with SIGINT ignored, which children would inherit too).
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_sigint_at_default)  # noqa: PLW1509 - no threads here
     try:
         assert child.stdout is not None
         prefix = child.stdout.readline().strip()

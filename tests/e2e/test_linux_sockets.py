@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import select
 import socket
 import subprocess
 import time
@@ -26,6 +27,7 @@ from ratbond.linux.sockets import drain_datagrams, open_listen_socket, open_path
 from tests.e2e.linux_child import REPO, child_argv, run_in
 
 PORT = "40123"
+SINK_SECONDS = 10.0  # upper bound only: a sink returns as soon as what was sent arrived
 LOOP4 = ipaddress.IPv4Address("127.0.0.1")
 
 
@@ -95,18 +97,35 @@ def pair() -> Iterator[tuple[Namespace, Namespace]]:
         yield a, b
 
 
-def _sink_lines(b: Namespace, send: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    proc = b.popen(*child_argv("udp_sink", PORT, "1.5"), cwd=REPO, stdout=subprocess.PIPE)
+def _sink_lines(b: Namespace, send: Any, expect: int = 3
+                ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Start a sink in ``b``, call ``send``, return what it returned and the datagrams seen.
+
+    Returns as soon as ``expect`` datagrams arrived (the sender sends that many); the
+    sink's own lifetime is only the upper bound for a datagram that never comes.
+    """
+    # Unbuffered, so select() sees every line the sink writes (no line hides in a buffer).
+    proc = b.popen(*child_argv("udp_sink", PORT, str(SINK_SECONDS)), cwd=REPO,
+                   stdout=subprocess.PIPE, bufsize=0)
+    got: list[dict[str, Any]] = []
     try:
         assert proc.stdout is not None
         assert json.loads(proc.stdout.readline())["kind"] == "ready"
         sent = send()
-        time.sleep(0.05)
-        proc.wait(10)
-        lines = [json.loads(line) for line in proc.stdout.read().decode().splitlines()]
+        deadline = time.monotonic() + SINK_SECONDS
+        while len(got) < expect and time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], deadline - time.monotonic())
+            if not ready:
+                break
+            line = proc.stdout.readline()
+            if not line:  # the sink ended
+                break
+            record = json.loads(line)
+            if record["kind"] == "datagram":
+                got.append(record)
     finally:
         stop_process(proc)
-    return sent, [x for x in lines if x["kind"] == "datagram"]
+    return sent, got
 
 
 @pytest.mark.root

@@ -11,13 +11,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ratbond.lab.bonded import BondedTunnel
 from ratbond.lab.netns import Namespace, stop_process
+from ratbond.lab.topology import Lab
 
 XFER = str(Path(__file__).with_name("xfer.py"))
+LabFactory = Callable[..., Lab]  # the ``lab`` fixture (conftest.py): links -> a running Lab
 
 
 def start_listener(ns: Namespace, *args: str, script: str = XFER) -> subprocess.Popen[bytes]:
@@ -81,3 +86,70 @@ def ping(ns: Namespace, address: str, count: int = 3) -> bool:
     proc = ns.run("ping", "-c", str(count), "-i", "0.2", "-W", "2", address, check=False,
                   timeout=30)
     return proc.returncode == 0
+
+
+class Capture:
+    """``tcpdump -l`` inside a namespace whose lines are collected as they come.
+
+    :meth:`start` returns only once tcpdump says it is listening *and* a canary packet
+    sent by the caller has been seen, so an empty capture afterwards means nothing matched,
+    not that tcpdump was not running yet.
+    """
+
+    def __init__(self, ns: Namespace, iface: str, bpf: str) -> None:
+        self._proc = ns.popen("tcpdump", "-n", "-l", "-i", iface, bpf,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self._lines: list[str] = []
+        self._listening = threading.Event()
+        self._changed = threading.Condition()
+        self._readers = [threading.Thread(target=self._read_out, daemon=True),
+                         threading.Thread(target=self._read_err, daemon=True)]
+        for reader in self._readers:
+            reader.start()
+
+    def _read_out(self) -> None:
+        assert self._proc.stdout is not None
+        for raw in self._proc.stdout:
+            with self._changed:
+                self._lines.append(raw.decode(errors="replace").rstrip())
+                self._changed.notify_all()
+
+    def _read_err(self) -> None:
+        assert self._proc.stderr is not None
+        for raw in self._proc.stderr:
+            if b"listening on" in raw:
+                self._listening.set()
+
+    def wait_listening(self, timeout: float = 10.0) -> None:
+        if not self._listening.wait(timeout):
+            raise AssertionError(f"tcpdump did not start listening (exit {self._proc.poll()})")
+
+    def wait_for(self, text: str, send: Callable[[], None], timeout: float = 10.0) -> str:
+        """Call ``send`` (a canary) until a captured line contains ``text``; that line."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            send()
+            with self._changed:
+                self._changed.wait_for(lambda: any(text in x for x in self._lines), 0.5)
+                found = next((x for x in self._lines if text in x), None)
+            if found is not None:
+                return found
+        raise AssertionError(f"tcpdump never saw {text!r}; it saw {self.lines()}")
+
+    def lines(self) -> list[str]:
+        with self._changed:
+            return list(self._lines)
+
+    def stop(self) -> list[str]:
+        """Stop tcpdump (it flushes on SIGTERM) and return every line it printed."""
+        stop_process(self._proc)
+        for reader in self._readers:
+            reader.join(timeout=5)
+        return self.lines()
+
+
+def send_udp(ns: Namespace, host: str, port: int, payload: str) -> None:
+    """One UDP datagram from inside ``ns``."""
+    code = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+            "s.sendto(sys.argv[3].encode(), (sys.argv[1], int(sys.argv[2])))")
+    ns.run(sys.executable, "-c", code, host, str(port), payload, timeout=10)

@@ -16,13 +16,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-from bench.failover import Marks, goodput_analysis, path_timings
 from hypothesis import given
 from hypothesis import strategies as st
 
 from ratbond.lab.failover import (
     Gap,
     Interval,
+    Marks,
     PathReading,
     Sample,
     StatusPoller,
@@ -31,10 +31,12 @@ from ratbond.lab.failover import (
     failover_gap,
     first_after,
     goodput_after_cut,
+    goodput_analysis,
     leave_and_rejoin,
     parse_intervals,
     parse_sample,
     path_id_on,
+    path_timings,
 )
 from ratbond.lab.netns import Namespace
 

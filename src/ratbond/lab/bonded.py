@@ -42,6 +42,30 @@ def fetch_status(ns: Namespace, port: int) -> dict[str, Any]:
     return data
 
 
+def link_of(path: dict[str, Any]) -> int | None:
+    """The lab link (1-based) a status path runs over: the client's rows name their WAN,
+    the server's show the link's SNAT address (``198.18.0.<10+i>``, see ``topology``)."""
+    wan = path.get("wan")
+    if isinstance(wan, str) and wan.startswith("wan") and wan[3:].isdigit():
+        return int(wan[3:])
+    remote = path.get("remote")
+    if isinstance(remote, str) and remote.startswith("198.18.0."):
+        host = remote.rsplit(":", 1)[0].removeprefix("198.18.0.")
+        if host.isdigit() and int(host) > 10:
+            return int(host) - 10
+    return None
+
+
+def by_link(status: dict[str, Any], counter: str) -> dict[int, int]:
+    """A per-path counter (``tx_bytes``, ``tx_packets``...) added up per lab link."""
+    out: dict[int, int] = {}
+    for path in status.get("paths", []):
+        link = link_of(path)
+        if link is not None:
+            out[link] = out.get(link, 0) + int(path.get(counter) or 0)
+    return out
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1,
                what: str = "condition") -> float:
     """Poll until ``predicate()`` holds; returns the seconds it took, raises on timeout."""

@@ -116,16 +116,23 @@ def _fail(message: str) -> int:
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so builds and demos clean up on either."""
+    """SIGTERM unwinds like Ctrl-C, so builds and demos clean up on either.
+
+    Ctrl-C is made to raise even when this process inherited SIGINT ignored (as anything
+    started in the background of a non-interactive shell does): the clean-up path must be
+    reachable however the lab was started.
+    """
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _guarded(handler: Handler, args: argparse.Namespace) -> int:

@@ -47,6 +47,7 @@ BOND_FLOWS = 8
 # with them, so the failover step shows what a user gets, and the report names them.
 HELLO_INTERVAL = CommonSettings.hello_interval
 DEAD_AFTER = CommonSettings.dead_after
+DEFAULT_SCHEDULER = CommonSettings.balance
 # Failover timeline (seconds): goodput settles, the link is cut, held down a moment after
 # it left, restored, and the transfer runs on long enough to show the recovery.
 FAILOVER_WARMUP = 2.0
@@ -136,7 +137,7 @@ def step_measure_bond(ctx: DemoContext) -> None:
     lab = ctx.require_lab()
     figures: dict[str, Any] = {}
     for key, flows, reverse in (("down", BOND_FLOWS, True), ("up", BOND_FLOWS, False),
-                                ("down_1flow", 1, True)):
+                                ("down_1flow", 1, True), ("up_1flow", 1, False)):
         result = iperf3(lab.client, lab.server, SERVER_TUNNEL_IP, seconds=ctx.seconds,
                         parallel=flows, reverse=reverse)
         figures[f"{key}_mbit"] = result["bits_per_second"] / 1e6
@@ -250,6 +251,7 @@ def run_failover(lab: Lab, tunnel: BondedTunnel, kind: str,
         watch.wait(lambda s: wan in s.up_wans, timeout=10, after=marks.restored_at)
         moves = leave_and_rejoin(watch.samples(), lambda s: wan in s.up_wans,
                                  marks.cut_at, marks.restored_at)
+    tunnel.check_alive()  # a cut must never take a ratbond end down with it
     if "error" in raw:
         raise MeasureError(f"iperf3 through the tunnel (rc {code}): {raw['error']}")
     try:
@@ -340,13 +342,18 @@ def report_bond(ctx: DemoContext) -> list[str]:
     if not bond:
         return []
     total_down, total_up = _link_sums(ctx)
-    lines = ["", "Bonded through the tunnel (ratbond --aes, consistent hashing):",
+    lines = ["", f"Bonded through the tunnel (ratbond --aes, default scheduler "
+                 f"--balance-{DEFAULT_SCHEDULER}):",
              f"  {BOND_FLOWS} flows down  {bond['down_mbit']:7.1f} Mbit/s  "
              f"{_share(bond['down_mbit'], total_down)} of the links' sum",
              f"  {BOND_FLOWS} flows up    {bond['up_mbit']:7.1f} Mbit/s  "
              f"{_share(bond['up_mbit'], total_up)} of the links' sum",
-             f"  1 flow down   {bond['down_1flow_mbit']:7.1f} Mbit/s  (a flow keeps one path)",
-             f"  RTT via the tunnel {_ms(bond['rtt_ms'])} (ICMP, median)"]
+             f"  1 flow down   {bond['down_1flow_mbit']:7.1f} Mbit/s  "
+             f"{_share(bond['down_1flow_mbit'], total_down)} of the links' sum"]
+    if "up_1flow_mbit" in bond:
+        lines.append(f"  1 flow up     {bond['up_1flow_mbit']:7.1f} Mbit/s  "
+                     f"{_share(bond['up_1flow_mbit'], total_up)} of the links' sum")
+    lines.append(f"  RTT via the tunnel {_ms(bond['rtt_ms'])} (ICMP, median)")
     rr = ctx.results.get("roundrobin")
     if rr:
         lines += ["Bonded, one flow sprayed over every path (--balance-roundrobin):",

@@ -4,7 +4,7 @@ Runs inside its own namespace (``python3 -m ratbond.lab.emulator --client-if e1a
 --isp-if e1b --control PATH ...``). Frames read from the client side with an AF_PACKET
 socket go "up" through one :class:`~ratbond.lab.shaper.Direction`, frames from the ISP
 side go "down" through the other; each leaves on the opposite veth when it is due.
-The kernel has no netem/tbf here, which is why this exists (DESIGN.md §5).
+The kernel has no netem/tbf here, which is why this exists (docs/design.md, "The lab").
 
 Runtime control: a unix stream socket at ``--control``; one JSON object per connection,
 one JSON reply (see :mod:`ratbond.lab.control`)::

@@ -51,6 +51,8 @@ class PathReading:
     wan: str
     up: bool
     rx_bytes: int
+    tx_bytes: int = 0
+    remote: str | None = None  # the peer's address (a server's paths name no WAN)
 
 
 @dataclass(frozen=True)
@@ -87,11 +89,19 @@ def parse_sample(line: str | bytes) -> Sample:
     """A :func:`poll_status` line as a :class:`Sample`; ValueError when it is not one."""
     try:
         raw = json.loads(line)
-        paths = tuple(PathReading(int(pid), str(wan), state == "up", int(rx))
-                      for pid, wan, state, rx in raw["paths"])
+        paths = tuple(_path_reading(row) for row in raw["paths"])
         return Sample(t=float(raw["t"]), prev=float(raw["prev"]), paths=paths)
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"not a status reading: {line!r}") from exc
+
+
+def _path_reading(row: Sequence[Any]) -> PathReading:
+    """``[path_id, wan, state, rx_bytes]`` + ``tx_bytes, remote`` from newer pollers."""
+    pid, wan, state, rx, *rest = row
+    tx = rest[0] if rest else 0
+    remote = rest[1] if len(rest) > 1 else None
+    return PathReading(int(pid), str(wan), state == "up", int(rx or 0), int(tx or 0),
+                       None if remote is None else str(remote))
 
 
 def poll_status(url: str, period: float, clock: Clock) -> None:
@@ -108,8 +118,8 @@ def poll_status(url: str, period: float, clock: Clock) -> None:
         try:
             with urllib.request.urlopen(url, timeout=1) as reply:
                 paths = json.load(reply).get("paths", [])
-            rows = [[p.get("path_id"), p.get("wan"), p.get("state"), p.get("rx_bytes", 0)]
-                    for p in paths]
+            rows = [[p.get("path_id"), p.get("wan"), p.get("state"), p.get("rx_bytes", 0),
+                     p.get("tx_bytes", 0), p.get("remote")] for p in paths]
         except (OSError, http.client.HTTPException, ValueError, AttributeError):
             rows = None  # not answering (yet), or not a status page: no reading
         seen = now()
@@ -413,3 +423,116 @@ def goodput_after_cut(intervals: Sequence[Interval], cut_at: float, *,
         baseline_mbit=gap.baseline_mbit, gap_s=gap.seconds,
         flow_stall_s=max((s.seconds for s in stalls if s is not None), default=0.0),
         dip=min(after) / baseline, mean_after_mbit=statistics.fmean(after) / 1e6)
+
+
+# ----- a dip between two marks (several cuts in one transfer) -------------------------------
+
+
+DIP_FRACTION = 0.5  # an interval under half the flow's median is "in the dip"
+
+
+@dataclass(frozen=True)
+class Dip:
+    """The longest stretch under ``fraction`` of the median that overlaps a window."""
+
+    seconds: float
+    starts_at: float | None  # on iperf3's clock; None when nothing dipped
+    lowest_mbit: float       # the lowest full interval inside the window
+
+
+def median_goodput(intervals: Sequence[Interval], *, settle: float = 1.0) -> float | None:
+    """Median bits/s of the full intervals from ``settle`` on (slow start left out)."""
+    rates = [i.bits_per_second for i in intervals
+             if i.seconds >= MIN_INTERVAL and i.start >= settle]
+    return statistics.median(rates) if rates else None
+
+
+def goodput_dip(intervals: Sequence[Interval], start: float, end: float, median: float, *,
+                fraction: float = DIP_FRACTION) -> Dip:
+    """The longest run of consecutive intervals under ``fraction * median`` that overlaps
+    ``[start, end)`` (iperf3's clock), counted whole even if it began a little earlier.
+
+    With several cuts in one transfer, give each cut the window up to the next one, so a
+    dip is charged to the cut it followed.
+    """
+    best = 0.0
+    best_start: float | None = None
+    run_start: float | None = None
+    run_length = 0.0
+    overlaps = False
+    full = [i for i in intervals if i.seconds >= MIN_INTERVAL]
+    for i in full:
+        if i.bits_per_second < fraction * median:
+            if run_start is None:
+                run_start, run_length, overlaps = i.start, 0.0, False
+            run_length += i.end - i.start
+            overlaps = overlaps or (i.end > start and i.start < end)
+            if overlaps and run_length > best:
+                best, best_start = run_length, run_start
+        else:
+            run_start = None
+    inside = [i.bits_per_second for i in full if i.end > start and i.start < end]
+    return Dip(seconds=round(best, 3), starts_at=best_start,
+               lowest_mbit=min(inside) / 1e6 if inside else 0.0)
+
+
+# ----- one event's figures, as the failover bench reports them ------------------------------
+
+
+SETTLE = 1.0  # iperf3 intervals before this are slow start: never part of a reference
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Wall-clock moments of one run (``time.time()``, shared by every namespace)."""
+
+    launched: float     # iperf3 started
+    event: float        # just before the cut
+    cut_done: float
+    restore_start: float
+    restored: float     # the restore command has returned: the link is whole again
+
+
+def _ms_after(sample: Sample | None, since: float) -> float | None:
+    return None if sample is None else round((sample.t - since) * 1000, 1)
+
+
+def path_timings(samples: Mapping[str, Sequence[Sample]],
+                 logs: Mapping[str, Sequence[tuple[float, str]]],
+                 path_id: int, marks: Marks) -> dict[str, Any]:
+    """Leave (from the event) and rejoin (from the restore) per end, in ms: as the polled
+    status showed it (an upper bound, ``poll_resolution_ms`` coarse) and as the end's log
+    line stamped it (the moment its core decided, 1 ms coarse)."""
+    out: dict[str, Any] = {}
+    resolution = 0.0
+    for role in ("client", "server"):
+        moves = leave_and_rejoin(samples[role], lambda s: path_id in s.up_paths,
+                                 marks.event, marks.restored)
+        resolution = max(resolution, moves.resolution)
+        for name, seen, since, state in (("leave", moves.left, marks.event, "down"),
+                                         ("rejoin", moves.rejoined, marks.restored, "up")):
+            out[f"{name}_{role}_ms"] = _ms_after(seen, since)
+            logged = next((t for t, what in logs[role] if t >= since - 0.001 and what == state),
+                          None)
+            out[f"{name}_{role}_log_ms"] = (None if logged is None
+                                            else round((logged - since) * 1000, 1))
+    out["poll_resolution_ms"] = round(resolution * 1000, 1)
+    return out
+
+
+def goodput_analysis(intervals: Sequence[Interval], event_at: float,
+                     skew: float = 0.0) -> dict[str, Any]:
+    """Gap, dip and per-flow stall from the event on, rounded for the table and JSON.
+
+    ``event_at`` is the event on the launch clock; on iperf3's own clock it lies up to
+    ``skew`` earlier, so the reference (median interval from ``SETTLE``, slow start over)
+    ends ``skew`` before it, and the analysis starts there too.
+    """
+    found = goodput_after_cut(intervals, event_at - max(0.0, skew), fraction=GAP_FRACTION,
+                              settle=SETTLE)
+    if found is None:
+        return {"median_before_mbit": None, "gap_s": None, "dip": None, "flow_stall_s": None}
+    return {"median_before_mbit": round(found.baseline_mbit, 2),
+            "gap_s": round(found.gap_s, 2), "dip": round(found.dip, 3),
+            "flow_stall_s": round(found.flow_stall_s, 2),
+            "mean_after_mbit": round(found.mean_after_mbit, 2)}

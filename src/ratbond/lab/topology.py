@@ -306,7 +306,8 @@ class Lab:
                          f"link set e{i}a up", f"link set e{i}b up",
                          f"link set e{i}a promisc on", f"link set e{i}b promisc on"])
             # Forwarded TCP needs real checksums and MTU-sized frames on both sides of the
-            # emulator (DESIGN.md §5), so every veth end along an emulated link is plain.
+            # emulator (docs/design.md, "The lab"): every veth end along an emulated link
+            # is plain.
             for namespace, dev in ((emu, f"e{i}a"), (emu, f"e{i}b"), (client, f"wan{i}"),
                                    (isp, f"isp{i}")):
                 namespace.run("ethtool", "-K", dev, *OFFLOADS_OFF)
