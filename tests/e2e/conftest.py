@@ -1,15 +1,17 @@
-"""Fixtures for end-to-end tests: a ``lab`` factory that always tears its labs down."""
+"""Fixtures for end-to-end tests: a ``lab`` factory that always tears its labs down, and a
+final check that the whole run left no namespace behind."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import pytest
 
+from ratbond.lab.netns import NetnsError, delete_all, list_namespaces
 from ratbond.lab.spec import LinkSpec
 from ratbond.lab.topology import Lab
-
-LabFactory = Callable[..., Lab]
+from tests.e2e.tunnel_util import LabFactory
 
 
 @pytest.fixture
@@ -30,3 +32,16 @@ def lab() -> Iterator[LabFactory]:
     finally:
         for built in reversed(made):
             built.down()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind() -> Iterator[None]:
+    """The suite's last check, as in WireGuard's netns.sh: every namespace an end-to-end test
+    created is gone when the run ends.  Leftovers are removed, then reported as an error."""
+    before = set(list_namespaces(""))
+    yield
+    left = sorted(set(list_namespaces("")) - before)
+    for name in left:
+        with contextlib.suppress(NetnsError, OSError):
+            delete_all(name)
+    assert not left, f"end-to-end tests left network namespaces behind: {left}"

@@ -27,7 +27,7 @@ MB = 1 << 20
 ATTACKERS = [f"198.18.0.{150 + i}" for i in range(16)]
 
 
-def rss_kib(lab: Lab, pid: int) -> int:
+def rss_kib(pid: int) -> int:
     """Resident memory of the ratbond server (the python child of ``ip netns exec``)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -55,7 +55,7 @@ def test_replays_flips_and_junk_are_dropped_and_counted(tmp_path: Path, mode: st
             addresses_before = {p["path_id"]: p["remote"]
                                 for p in tunnel.server_status()["paths"]}
             pid = server_pid(tunnel)
-            rss_before = rss_kib(lab, pid)
+            rss_before = rss_kib(pid)
 
             receiver = start_listener(lab.server, "tcp-recv", SERVER_TUNNEL_IP, "5001")
             capture = start_listener(lab.isp, "capture", "isp0", "12345", "2000", "20",
@@ -86,5 +86,5 @@ def test_replays_flips_and_junk_are_dropped_and_counted(tmp_path: Path, mode: st
             refused = sum(drops.values())
             assert refused >= attacks["exact"] + attacks["flip"] + attacks["junk"] * 0.99
             assert {p["path_id"]: p["remote"] for p in status["paths"]} == addresses_before
-            assert rss_kib(lab, pid) - rss_before < 20_000  # KiB: no state grew per datagram
+            assert rss_kib(pid) - rss_before < 20_000  # KiB: no state grew per datagram
         assert tunnel.errors() == [], "an exception reached the event loop"

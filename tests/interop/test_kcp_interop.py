@@ -102,7 +102,7 @@ def test_default_profile_with_congestion_control(direction: str) -> None:
         stream=False,
         count=60,
         max_size=3000,
-        configure=lambda engine: None,
+        configure=lambda _engine: None,
     )
 
 

@@ -128,7 +128,7 @@ def test_fast_resend_after_resend_duplicate_acks(probe: Probe) -> None:
 
 
 def test_fastlimit_stops_fast_resend_of_often_sent_segment() -> None:
-    engine = KCP(CONV, lambda data: None)
+    engine = KCP(CONV, lambda _data: None)
     engine.fastlimit = 1  # only segments sent once may be fast-resent
     engine.nodelay(1, 10, 1, 1)
     for i in range(6):
@@ -252,7 +252,7 @@ def test_validation_agrees_with_input(data: bytes, with_conv: bool) -> None:
     """The shared validator (guarding the C engine) rejects exactly what KCP.input rejects."""
     if with_conv:
         data = struct.pack("<I", CONV) + data
-    engine = KCP(CONV, lambda out: None)
+    engine = KCP(CONV, lambda _out: None)
     code = engine.input(data)
     assert validate_datagram(data, CONV) == code
 
@@ -260,7 +260,7 @@ def test_validation_agrees_with_input(data: bytes, with_conv: bool) -> None:
 @settings(max_examples=300, deadline=None, derandomize=True)
 @given(st.binary(max_size=200), st.booleans())
 def test_garbage_never_raises(data: bytes, with_conv: bool) -> None:
-    engine = KCP(CONV, lambda out: None)
+    engine = KCP(CONV, lambda _out: None)
     if with_conv:
         data = struct.pack("<I", CONV) + data
     engine.update(0)
@@ -357,4 +357,4 @@ def test_stream_mode_coalesces_small_writes(probe: Probe) -> None:
 
 def test_conv_must_fit_32_bits() -> None:
     with pytest.raises(ValueError, match="32 bits"):
-        KCP(2**32, lambda data: None)
+        KCP(2**32, lambda _data: None)
