@@ -172,16 +172,10 @@ class ReorderBuffer:
             else:
                 self._duplicates += 1
             return
-        capacity = self._mask + 1
-        if distance >= capacity:
-            if distance >= MAX_JUMP:
-                self._rejected += 1
-                return
-            self._released_by_bound += 1
-            self._clock = None
-            self._advance_to((seq - capacity + 1) & _U32)
-            # The window moved, and may have moved onto this very packet.
-            self.push(seq, packet, now)
+        if distance > self._mask:
+            if self._make_room(seq):
+                # The window moved, and may have moved onto this very packet.
+                self.push(seq, packet, now)
             return
         index = seq & self._mask
         if self._slots[index] is not None:
@@ -195,6 +189,17 @@ class ReorderBuffer:
             self._released_by_bound += 1
             self._clock = None
             self._skip_gap()
+
+    def _make_room(self, seq: int) -> bool:
+        """``seq`` lies beyond the window: refuse an absurd jump (False: a peer's bug or a
+        forged stream), else move the window to end at ``seq``, releasing what it passes."""
+        if (seq - self._next) & _U32 >= MAX_JUMP:
+            self._rejected += 1
+            return False
+        self._released_by_bound += 1
+        self._clock = None
+        self._advance_to((seq - self._mask) & _U32)
+        return True
 
     def _observe(self, now: float, wait: float) -> None:
         """A gap's successors waited ``wait`` (filled, or arrived late): keep the
@@ -226,15 +231,9 @@ class ReorderBuffer:
             if self._held:
                 self._drain()
             return
-        capacity = self._mask + 1
-        if distance >= capacity:
-            if distance >= MAX_JUMP:
-                self._rejected += 1
-                return
-            self._released_by_bound += 1
-            self._clock = None
-            self._advance_to((seq - capacity + 1) & _U32)
-            self.pass_through(seq, packet, now)
+        if distance > self._mask:
+            if self._make_room(seq):
+                self.pass_through(seq, packet, now)
             return
         index = seq & self._mask
         if self._slots[index] is not None:
