@@ -97,6 +97,10 @@ def test_demo_reports_links_bond_and_failover_and_leaves_nothing(tmp_path: Path)
     assert len(re.findall(r"gap [\d.]+ s, path left the bond after [\d.]+ s, "
                           r"rejoined [\d.]+ s after the restore", report)) == 2, report
     assert "nothing was left behind" in report
+    # The report ends with a picture of per-path goodput over the failover downloads.
+    plot = figures_path.with_suffix(".png")
+    assert f"per-path goodput over time: {plot}" in out
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
     # The same figures as data, within what the emulated links allow.
     links, bond = figures["links"], figures["bond"]

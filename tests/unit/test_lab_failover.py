@@ -341,3 +341,21 @@ def test_the_poller_sees_a_path_leave_and_stops_with_close(
     samples = poller.samples()
     assert samples[0] == first and left in samples
     assert [s.t for s in samples] == sorted(s.t for s in samples)
+
+
+def test_goodput_by_wan_buckets_received_bytes_per_wan() -> None:
+    from ratbond.lab.failover import PathReading, Sample, goodput_by_wan
+
+    def sample(t: float, rx1: int, rx2: int) -> Sample:
+        return Sample(t, t - 0.1, (PathReading(1, "wan1", True, rx1),
+                                   PathReading(2, "wan2", True, rx2)))
+
+    # wan1 receives 125,000 bytes every 0.5 s (2 Mbit/s); wan2 restarts its counter at 1.0 s.
+    samples = [sample(0.0, 0, 0), sample(0.5, 125_000, 62_500), sample(1.0, 250_000, 0),
+               sample(1.5, 375_000, 62_500)]
+    series = goodput_by_wan(samples, origin=0.0)
+    assert [round(v, 3) for _, v in series["wan1"]] == [2.0, 2.0, 2.0]
+    # A counter that went backwards counts from zero, never as a negative rate.
+    assert [round(v, 3) for _, v in series["wan2"]] == [1.0, 0.0, 1.0]
+    assert [t for t, _ in series["wan1"]] == [0.0, 0.5, 1.0]
+    assert goodput_by_wan(samples[:1], origin=0.0) == {}

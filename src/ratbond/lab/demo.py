@@ -32,6 +32,7 @@ from ratbond.lab.failover import (
     StatusPoller,
     Transfer,
     failover_gap,
+    goodput_by_wan,
     leave_and_rejoin,
     parse_intervals,
 )
@@ -251,6 +252,7 @@ def run_failover(lab: Lab, tunnel: BondedTunnel, kind: str,
         watch.wait(lambda s: wan in s.up_wans, timeout=10, after=marks.restored_at)
         moves = leave_and_rejoin(watch.samples(), lambda s: wan in s.up_wans,
                                  marks.cut_at, marks.restored_at)
+        per_wan = goodput_by_wan(watch.samples(), marks.started_at)
     tunnel.check_alive()  # a cut must never take a ratbond end down with it
     if "error" in raw:
         raise MeasureError(f"iperf3 through the tunnel (rc {code}): {raw['error']}")
@@ -270,6 +272,8 @@ def run_failover(lab: Lab, tunnel: BondedTunnel, kind: str,
         "baseline_mbit": None if gap is None else gap.baseline_mbit,
         "intervals": [(round(i.start, 2), round(i.bits_per_second / 1e6, 2))
                       for i in intervals],
+        "per_wan_mbit": {w: [(t, round(v, 2)) for t, v in points]
+                         for w, points in sorted(per_wan.items())},
     }
 
 
@@ -491,4 +495,45 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         if args.json_path:
             Path(args.json_path).write_text(json.dumps(ctx.results, indent=2) + "\n")
+    plot = plot_failover(ctx.results.get("failover") or [], _plot_path(args))
+    if plot is not None:
+        print(f"per-path goodput over time: {plot}", flush=True)
     return 0
+
+
+def _plot_path(args: argparse.Namespace) -> Path:
+    """Next to ``--json`` when given, else in the current directory."""
+    if args.json_path:
+        return Path(args.json_path).with_suffix(".png")
+    return Path("ratbond-demo.png")
+
+
+def plot_failover(runs: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """A PNG of per-path goodput over each failover download (stacked, one panel per cut);
+    None without matplotlib (an optional extra) or without data."""
+    if not runs or not any(run_.get("per_wan_mbit") for run_ in runs):
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 3.2 * len(runs)), squeeze=False)
+    for ax, run_ in zip(axes[:, 0], runs, strict=True):
+        series = run_.get("per_wan_mbit") or {}
+        wans = sorted(series)
+        times = [t for t, _ in series[wans[0]]] if wans else []
+        stacks = [[v for _, v in series[w]][:len(times)] for w in wans]
+        if times:
+            ax.stackplot(times, *stacks, labels=wans)
+        ax.axvline(run_["cut_at_s"], color="black", linestyle="--", linewidth=1)
+        ax.set_title(f"{run_['kind']}: {run_['wan']} cut at {run_['cut_at_s']:.1f} s")
+        ax.set_xlabel("seconds into the download")
+        ax.set_ylabel("Mbit/s received")
+        ax.legend(loc="upper right", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -536,3 +536,32 @@ def goodput_analysis(intervals: Sequence[Interval], event_at: float,
             "gap_s": round(found.gap_s, 2), "dip": round(found.dip, 3),
             "flow_stall_s": round(found.flow_stall_s, 2),
             "mean_after_mbit": round(found.mean_after_mbit, 2)}
+
+
+def goodput_by_wan(samples: Sequence[Sample], origin: float,
+                   bucket: float = 0.5) -> dict[str, list[tuple[float, float]]]:
+    """Received Mbit/s per WAN in ``bucket``-second steps from ``origin`` (poller clock):
+    the per-path picture of a transfer, for plots.  Counters that go backwards (a path's
+    new session) count as a restart from zero."""
+    wans = sorted({wan for sample in samples for wan in sample.rx_by_wan})
+    series: dict[str, list[tuple[float, float]]] = {wan: [] for wan in wans}
+    if len(samples) < 2:
+        return {}
+    start = samples[0]
+    slot_end = start.t + bucket
+    last = start.rx_by_wan
+    got: dict[str, int] = {}
+    for sample in samples[1:]:
+        now = sample.rx_by_wan
+        for wan, value in now.items():
+            delta = value - last.get(wan, 0)
+            got[wan] = got.get(wan, 0) + (value if delta < 0 else delta)
+        last = now
+        if sample.t >= slot_end:
+            width = sample.t - (slot_end - bucket)
+            for wan in wans:
+                series[wan].append(
+                    (round(slot_end - bucket - origin, 2), got.get(wan, 0) * 8 / width / 1e6))
+            got = {}
+            slot_end = sample.t + bucket
+    return series
