@@ -120,7 +120,6 @@ class Shell(ABC, Generic[ConnT]):
                 if self.mqtt is not None:
                     self.mqtt.on_event(event)  # a queue put: never blocks
                 self._on_event(event)
-            self._send_datagrams(now)  # events may have queued more (e.g. a CLOSE)
             self._set_tun_reading(conn.can_send())
         finally:
             self._timer.arm(earliest(conn.get_timer(), self._shell_timer()))
