@@ -11,7 +11,14 @@ The whole header is the AEAD associated data of the datagram; ``session || count
   payload alone in plaintext mode).
 * ``HANDSHAKE_INIT`` / ``HANDSHAKE_RESPONSE``: a 4-byte prefix in clear (``mode u8 | cipher u8
   | reserved u16``) so a peer configured differently is recognised without any crypto, then
-  the mode's handshake body (layouts below, sizes fixed per mode).
+  the mode's handshake body (layouts below, sizes fixed per mode).  In the authenticated
+  modes an initiation carries, right after the prefix, the client's 8-byte key id in clear
+  (which credential to check it with: one dict lookup) and ends with two MACs: ``mac1``
+  keyed from that client's PSK, ``mac2`` keyed with a cookie the server handed out (zero
+  unless the server is under load and asked for one).
+* ``COOKIE_REPLY``: the server's answer to an initiation it will not process while under load
+  without a valid ``mac2``: ``nonce (24) | sealed cookie (16 + tag)``, readable only by the
+  holder of that client's PSK and bound to the initiation's ``mac1``.
 * ``REJECT``: ``reason u8 | mode u8 | cipher u8 | reserved u8``, sent by a server that refuses
   an initiation because the two ends are configured differently (mode, cipher, secret) or
   their clocks disagree.  It is unauthenticated, never larger than what it answers, and
@@ -35,6 +42,9 @@ HEADER_SIZE = HEADER.size  # 16
 TAG_SIZE = 16
 MAC_SIZE = 16
 KEY_SIZE = 32
+KEY_ID_SIZE = 8  # names the client's credential in an initiation (see crypto.credentials)
+COOKIE_SIZE = 16
+COOKIE_NONCE_SIZE = 24
 
 # Handshake layouts (bytes after the header).
 PREFIX = struct.Struct("!BBH")  # mode, cipher, reserved
@@ -52,18 +62,23 @@ RESP_PAYLOAD_SIZE = RESP_PAYLOAD.size  # 4
 PLAIN_RESP_PAYLOAD = struct.Struct("!I8sQ")  # logical session, echoed client id and timestamp
 REJECT_BODY = struct.Struct("!BBBx")  # reason, server mode, server cipher
 
-# Authenticated modes: prefix | ephemeral | sealed payload | cheap MAC over everything before.
-SECURE_INIT_SIZE = HEADER_SIZE + PREFIX_SIZE + KEY_SIZE + INIT_PAYLOAD_SIZE + TAG_SIZE + MAC_SIZE
+# Authenticated modes: prefix | key id | ephemeral | sealed payload | mac1 | mac2, where mac1
+# covers everything before it and mac2 everything before it (mac1 included).
+SECURE_INIT_SIZE = (HEADER_SIZE + PREFIX_SIZE + KEY_ID_SIZE + KEY_SIZE + INIT_PAYLOAD_SIZE
+                    + TAG_SIZE + 2 * MAC_SIZE)
+# The response has one MAC (keyed from the client's PSK) and no key id.
 SECURE_RESP_SIZE = HEADER_SIZE + PREFIX_SIZE + KEY_SIZE + RESP_PAYLOAD_SIZE + TAG_SIZE + MAC_SIZE
 # Plaintext mode: prefix | payload in clear.
 PLAIN_INIT_SIZE = HEADER_SIZE + PREFIX_SIZE + INIT_PAYLOAD_SIZE
 PLAIN_RESP_SIZE = HEADER_SIZE + PREFIX_SIZE + PLAIN_RESP_PAYLOAD.size
 REJECT_SIZE = HEADER_SIZE + REJECT_BODY.size
+COOKIE_REPLY_SIZE = HEADER_SIZE + COOKIE_NONCE_SIZE + COOKIE_SIZE + TAG_SIZE
 
 # A response is never larger than the initiation it answers (no amplification).
 assert SECURE_RESP_SIZE <= SECURE_INIT_SIZE
 assert PLAIN_RESP_SIZE <= PLAIN_INIT_SIZE
 assert max(REJECT_SIZE, PLAIN_RESP_SIZE) <= PLAIN_INIT_SIZE <= SECURE_INIT_SIZE
+assert COOKIE_REPLY_SIZE <= SECURE_INIT_SIZE
 
 
 class MsgType(enum.IntEnum):
@@ -71,6 +86,7 @@ class MsgType(enum.IntEnum):
     HANDSHAKE_RESPONSE = 2
     DATA = 3
     REJECT = 4
+    COOKIE_REPLY = 5
 
 
 class ModeCode(enum.IntEnum):
@@ -114,6 +130,9 @@ class DropReason(enum.Enum):
     HANDSHAKE_STALE = "handshake_stale"
     HANDSHAKE_UNEXPECTED = "handshake_unexpected"
     HANDSHAKE_TABLE_FULL = "handshake_table_full"
+    HANDSHAKE_NEEDS_COOKIE = "handshake_needs_cookie"
+    HANDSHAKE_REPLAYED = "handshake_replayed"
+    UNKNOWN_KEY = "unknown_key"
     MODE_MISMATCH = "mode_mismatch"
 
 

@@ -121,3 +121,28 @@ def test_keys_absent_from_reprs_and_errors() -> None:
     for text in texts:
         assert psk.hex() not in text and repr(psk) not in text and str(list(psk)) not in text
     assert "psk" not in repr(config)
+
+
+def test_a_genkey_key_is_not_stretched(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ratbond.crypto import stretch
+    from ratbond.crypto.secret import generated_key
+    from ratbond.keygen import new_key
+
+    key = new_key().encode()
+    slow = stretch(Secret(b"x" + key[1:-1] + b"x"))  # 44 characters but not base64 "...="
+    calls: list[int] = []
+
+    def counting_scrypt(**kwargs: int | bytes) -> Scrypt:
+        calls.append(1)
+        return Scrypt(**kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("ratbond.crypto.secret.Scrypt", counting_scrypt)
+    psk = stretch(Secret(key))
+    assert calls == [] and len(psk) == 32
+    assert psk == stretch(Secret(key)) and psk not in key  # deterministic, not the raw key
+    assert generated_key(key) is not None
+    for shaped_by_hand in (key[:-1] + b"A", key[:-2] + b"==", key + b"A", b"!" + key[1:],
+                           VALUE.encode()):
+        assert generated_key(shaped_by_hand) is None
+    stretch(Secret(VALUE.encode()))
+    assert calls == [1] and slow != psk

@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ratbond.wire import (
+    COOKIE_REPLY_SIZE,
     HEADER_SIZE,
     PLAIN_INIT_SIZE,
     PLAIN_RESP_SIZE,
@@ -42,14 +43,17 @@ def test_header_layout_is_pinned() -> None:
 
 
 def test_message_type_numbers_are_pinned() -> None:
-    assert [int(t) for t in MsgType] == [1, 2, 3, 4]
+    assert [int(t) for t in MsgType] == [1, 2, 3, 4, 5]
     assert [t.name for t in MsgType] == [
-        "HANDSHAKE_INIT", "HANDSHAKE_RESPONSE", "DATA", "REJECT"]
+        "HANDSHAKE_INIT", "HANDSHAKE_RESPONSE", "DATA", "REJECT", "COOKIE_REPLY"]
 
 
 def test_handshake_sizes_and_no_amplification() -> None:
-    assert (SECURE_INIT_SIZE, SECURE_RESP_SIZE) == (126, 88)
+    # The secure initiation: 16 header + 4 prefix + 8 key id + 32 ephemeral + 42 payload
+    # + 16 tag + 16 mac1 + 16 mac2.
+    assert (SECURE_INIT_SIZE, SECURE_RESP_SIZE, COOKIE_REPLY_SIZE) == (150, 88, 72)
     assert (PLAIN_INIT_SIZE, PLAIN_RESP_SIZE, REJECT_SIZE) == (62, 40, 20)
+    assert COOKIE_REPLY_SIZE <= SECURE_INIT_SIZE
     for mode in ModeCode:
         assert handshake_size(MsgType.HANDSHAKE_RESPONSE, mode) <= handshake_size(
             MsgType.HANDSHAKE_INIT, mode)
@@ -60,7 +64,7 @@ def test_parse_header_drop_reasons() -> None:
     assert parse_header(bytes(15)) is DropReason.MALFORMED
     assert parse_header(b"\x02\x03" + bytes(14)) is DropReason.BAD_VERSION
     assert parse_header(b"\x01\x00" + bytes(14)) is DropReason.UNKNOWN_TYPE
-    assert parse_header(b"\x01\x05" + bytes(14)) is DropReason.UNKNOWN_TYPE
+    assert parse_header(b"\x01\x06" + bytes(14)) is DropReason.UNKNOWN_TYPE
     assert parse_header(b"\x01\x03" + bytes(14)) == Header(1, 3, 0, 0, 0)
 
 

@@ -45,7 +45,13 @@ from ratbond.connection.events import (
     TunnelDown,
     TunnelUp,
 )
-from ratbond.crypto import ChannelEvent, ClientChannel, DropCounters, NotConnectedError
+from ratbond.crypto import (
+    ChannelEvent,
+    ClientChannel,
+    CookieReceived,
+    DropCounters,
+    NotConnectedError,
+)
 from ratbond.crypto import HandshakeCompleted as ChannelCompleted
 from ratbond.crypto import HandshakeFailed as ChannelFailed
 from ratbond.crypto import HandshakeInitiated as ChannelInitiated
@@ -317,6 +323,11 @@ class ClientConnection:
     def _on_channel_event(self, event: ChannelEvent, now: float) -> None:
         if isinstance(event, ChannelInitiated):
             self._send_initiations(event.attempt, event.rekey)
+        elif isinstance(event, CookieReceived):
+            # The server is under load: the same initiation again, now with the cookie MAC.
+            datagram = self._channel.initiation_for_path(event.path_id)
+            if datagram is not None and event.path_id in self._paths:
+                self._outbox.append((event.path_id, datagram))
         elif isinstance(event, ChannelCompleted | ChannelRotated):
             self._last_heard = now
             if self._session is None or event.session != self._session:

@@ -1,14 +1,16 @@
 """The secure channel between KCP and the UDP socket (sans-I/O).
 
 Public API: :class:`ChannelConfig` (with :class:`ChannelMode`), :class:`ClientChannel`,
-:class:`ServerChannel`, their events and :class:`DropCounters`, and :func:`load_secret`
-returning a redacted :class:`Secret`.  Framing lives in :mod:`ratbond.wire`.
+:class:`ServerChannel`, their events and :class:`DropCounters`, the per-client
+:class:`ClientCredential` in a :class:`CredentialTable`, and :func:`load_secret` returning a
+redacted :class:`Secret`.  Framing lives in :mod:`ratbond.wire`.
 """
 
 from __future__ import annotations
 
 from ratbond.crypto.client import ClientChannel
 from ratbond.crypto.config import DEFAULT_LIMITS, ChannelConfig, ChannelMode, Limits
+from ratbond.crypto.credentials import ClientCredential, CredentialTable
 from ratbond.crypto.errors import (
     ConfigError,
     CryptoError,
@@ -18,6 +20,7 @@ from ratbond.crypto.errors import (
 )
 from ratbond.crypto.events import (
     ChannelEvent,
+    CookieReceived,
     DropCounters,
     HandshakeCompleted,
     HandshakeFailed,
@@ -38,7 +41,10 @@ __all__ = [
     "ChannelEvent",
     "ChannelMode",
     "ClientChannel",
+    "ClientCredential",
     "ConfigError",
+    "CookieReceived",
+    "CredentialTable",
     "CryptoError",
     "DropCounters",
     "HandshakeCompleted",

@@ -6,6 +6,10 @@ rekey -- and the shell sends the current initiation on every live path
 After a rekey the client seals with the new keys at once and keeps accepting the old ones
 until the server has proven it switched (its first datagram under the new keys) plus a
 grace period, so nothing in flight is lost.
+
+A server under load answers an initiation with a COOKIE_REPLY (:mod:`ratbond.crypto.cookie`):
+the client keeps the cookie per path (each path has its own source address), re-stamps that
+path's initiation with ``mac2`` and queues :class:`CookieReceived` so the shell sends it again.
 """
 
 from __future__ import annotations
@@ -15,9 +19,11 @@ from collections import deque
 from collections.abc import Callable
 
 from ratbond.crypto.config import DEFAULT_LIMITS, ChannelConfig, Limits
+from ratbond.crypto.cookie import COOKIE_CLIENT_MARGIN, COOKIE_SECRET_LIFETIME, open_cookie_reply
 from ratbond.crypto.errors import NotConnectedError
 from ratbond.crypto.events import (
     ChannelEvent,
+    CookieReceived,
     DropCounters,
     HandshakeCompleted,
     HandshakeFailed,
@@ -26,11 +32,13 @@ from ratbond.crypto.events import (
     SessionExpired,
 )
 from ratbond.crypto.handshake import InitiatorHandshake, TrafficSecrets
-from ratbond.crypto.kdf import mac_key
+from ratbond.crypto.kdf import cookie_reply_key, key_id, mac_key
 from ratbond.crypto.messages import (
     body_of,
     describe_mode,
     handshake_datagram,
+    initiation_datagram,
+    mac1_of,
     prefix,
     prologue,
     verify_mac,
@@ -57,6 +65,8 @@ _unpack_header = HEADER.unpack_from
 _DATA = int(MsgType.DATA)
 _RESPONSE = int(MsgType.HANDSHAKE_RESPONSE)
 _REJECT = int(MsgType.REJECT)
+_COOKIE = int(MsgType.COOKIE_REPLY)
+_COOKIE_USABLE = COOKIE_SECRET_LIFETIME - COOKIE_CLIENT_MARGIN
 _U64 = 2**64
 #: Unanswered initiations before the client says that it cannot reach the server.
 FAIL_AFTER_ATTEMPTS = 3
@@ -65,13 +75,14 @@ FAIL_AFTER_ATTEMPTS = 3
 class _Attempt:
     """One initiation in flight: the body common to all paths and the per-path datagrams."""
 
-    __slots__ = ("body", "datagrams", "handshake", "timestamp")
+    __slots__ = ("body", "cookie_paths", "datagrams", "handshake", "timestamp")
 
     def __init__(self, body: bytes, handshake: InitiatorHandshake | None, timestamp: int) -> None:
         self.body = body
         self.handshake = handshake
         self.timestamp = timestamp
         self.datagrams: dict[int, bytes] = {}
+        self.cookie_paths: set[int] = set()  # paths whose initiation got its cookie already
 
 
 class ClientChannel:
@@ -99,6 +110,9 @@ class ClientChannel:
         self._prefix = prefix(self._mode, self._cipher)
         self._prologue = prologue(self._mode, self._cipher)
         self._mac_key = mac_key(config.psk) if config.psk is not None else None
+        self._key_id = key_id(config.psk) if config.psk is not None else b""
+        self._cookie_key = cookie_reply_key(config.psk) if config.psk is not None else b""
+        self._cookies: dict[int, tuple[bytes, float]] = {}  # path -> (cookie, received at)
         self._client_id = client_id if client_id is not None else random(8)
         self._events: deque[ChannelEvent] = deque()
         self._current: KeySet | None = None
@@ -141,11 +155,20 @@ class ClientChannel:
             return None
         datagram = attempt.datagrams.get(path_id)
         if datagram is None:
-            datagram = handshake_datagram(
-                MsgType.HANDSHAKE_INIT, path_id, 0, attempt.body, self._mac_key
-            )
+            if self._mac_key is None:
+                datagram = handshake_datagram(MsgType.HANDSHAKE_INIT, path_id, 0, attempt.body,
+                                              None)
+            else:
+                cookie = self._cookies.get(path_id)
+                datagram = initiation_datagram(path_id, attempt.body, self._mac_key,
+                                               cookie[0] if cookie is not None else None)
             attempt.datagrams[path_id] = datagram
         return datagram
+
+    @property
+    def key_id(self) -> bytes:
+        """The clear 8-byte name of this client's credential (empty in plaintext mode)."""
+        return self._key_id
 
     def _initiate(self, now: float, wall_clock: float) -> None:
         # Strictly increasing even if the wall clock stalls or steps back: the server refuses
@@ -156,9 +179,12 @@ class ClientChannel:
                                     self.config.tunnel_info)
         if self.config.psk is not None:
             handshake = InitiatorHandshake(
-                self.config.psk, self._prologue, payload, self._random(32)
+                self.config.psk, self._prologue + self._key_id, payload, self._random(32)
             )
-            self._attempt = _Attempt(self._prefix + handshake.body, handshake, timestamp)
+            self._attempt = _Attempt(self._prefix + self._key_id + handshake.body, handshake,
+                                     timestamp)
+            self._cookies = {path: cookie for path, cookie in self._cookies.items()
+                             if now - cookie[1] < _COOKIE_USABLE}
         else:
             self._attempt = _Attempt(self._prefix + payload, None, timestamp)
         self._retry_at = now + self._retry_interval
@@ -274,6 +300,29 @@ class ClientChannel:
         self._refusal = f"the server refused the handshake: {why}"
         self._fail(now, self._refusal)
 
+    def _on_cookie(self, data: bytes, path_id: int, session: int, counter: int, now: float
+                   ) -> None:
+        """A server under load wants proof that we receive at this path's address."""
+        attempt = self._attempt
+        sent = attempt.datagrams.get(path_id) if attempt is not None else None
+        if attempt is None or sent is None or self._mac_key is None:
+            self.stats.handshake_unexpected += 1
+            return
+        if session != 0 or counter != 0:
+            self.stats.malformed += 1
+            return
+        if path_id in attempt.cookie_paths:  # a copy or a replay: one cookie per initiation
+            self.stats.handshake_unexpected += 1
+            return
+        cookie = open_cookie_reply(self._cookie_key, mac1_of(sent), data)
+        if cookie is None:
+            self.stats.handshake_auth_failed += 1
+            return
+        attempt.cookie_paths.add(path_id)
+        self._cookies[path_id] = (cookie, now)
+        del attempt.datagrams[path_id]  # re-stamped with mac2 on the next request
+        self._events.append(CookieReceived(path_id))
+
     def _fail(self, now: float, reason: str) -> None:
         if now - self._last_failure_event >= self.limits.failure_event_interval:
             self._last_failure_event = now
@@ -315,6 +364,8 @@ class ClientChannel:
             self._on_response(data, session, counter, now)
         elif msg_type == _REJECT:
             self._on_reject(data, now)
+        elif msg_type == _COOKIE:
+            self._on_cookie(data, path_id, session, counter, now)
         elif msg_type == MsgType.HANDSHAKE_INIT:
             self.stats.unexpected_type += 1
         else:

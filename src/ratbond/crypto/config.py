@@ -99,6 +99,10 @@ class Limits:
       with new keys at once and the bond sends HELLOs every 2 s, so confirmation comes within
       seconds unless every path is down.
     * Initiation timestamps must lie within ``clock_tolerance`` of the server's wall clock.
+    * More than ``cookie_threshold`` initiations in one second put the server under load for
+      at least a second: initiations then need a cookie (``ratbond.crypto.cookie``).  A
+      legitimate burst (every client back after a server restart) only pays one more round
+      trip; a spoofed flood pays with nothing the server keeps.
     """
 
     rekey_after_time: float = 120.0
@@ -115,6 +119,7 @@ class Limits:
     handshake_rate: float = 20.0
     handshake_burst: float = 64.0
     rate_table_size: int = 4096
+    cookie_threshold: int = 200
     max_clients: int = 4096
     max_pending: int = 1024
     max_paths: int = 4096
@@ -124,6 +129,9 @@ class Limits:
             raise ConfigError("need 0 < rekey_after_time < reject_after_time")
         if not 0 < self.rekey_after_messages < self.reject_after_messages <= 2**64:
             raise ConfigError("need 0 < rekey_after_messages < reject_after_messages <= 2**64")
+        if self.cookie_threshold < 0:
+            raise ConfigError(f"cookie_threshold {self.cookie_threshold}: need >= 0 "
+                              "(0: always ask for a cookie)")
 
 
 DEFAULT_LIMITS = Limits()

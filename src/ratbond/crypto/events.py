@@ -25,9 +25,12 @@ class HandshakeCompleted:
 
 @dataclass(frozen=True)
 class KeysRotated:
-    """A rekey finished; the logical session continues unchanged (for debug logs)."""
+    """A rekey finished; the logical session continues unchanged (for debug logs).  On the
+    server ``client`` names the credential (``""``: the single-client setup, and always on
+    the client side)."""
 
     session: int
+    client: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,18 +49,30 @@ class SessionExpired:
 
 @dataclass(frozen=True)
 class SessionEstablished:
-    """Server: a client proved its new keys with authenticated data arriving from ``addr``."""
+    """Server: a client proved its new keys with authenticated data arriving from ``addr``;
+    ``client`` is its credential's name (``""`` in the single-client setup)."""
 
     session: int
     addr: tuple[str, int]
+    client: str = ""
 
 
 @dataclass(frozen=True)
 class SessionClosed:
-    """Server: ``session`` is gone (``"expired"`` or ``"replaced"`` by the same client)."""
+    """Server: ``session`` of ``client`` is gone (``"expired"``, ``"replaced"`` by the same
+    client, or ``"removed"``: its credential left or changed in a reload)."""
 
     session: int
     reason: str
+    client: str = ""
+
+
+@dataclass(frozen=True)
+class CookieReceived:
+    """Client: the server is under load and sent a cookie for ``path_id``: send
+    ``initiation_for_path(path_id)`` on that path again (it now carries the cookie MAC)."""
+
+    path_id: int
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,7 @@ ChannelEvent = (
     | SessionEstablished
     | SessionClosed
     | HandshakeRefused
+    | CookieReceived
 )
 
 
@@ -100,6 +116,9 @@ class DropCounters:
     handshake_unexpected: int = 0
     handshake_table_full: int = 0
     mode_mismatch: int = 0
+    handshake_needs_cookie: int = 0
+    handshake_replayed: int = 0
+    unknown_key: int = 0
 
     def count(self, reason: DropReason) -> None:
         name = reason.value

@@ -13,6 +13,8 @@ HASH_SIZE = 32
 
 _LABEL_MAC = b"ratbond v1 handshake mac"
 _LABEL_PATH = b"ratbond v1 path key "
+_LABEL_KEY_ID = b"ratbond v1 key id"
+_LABEL_COOKIE = b"ratbond v1 cookie reply key"
 
 
 def hmac_sha256(key: bytes, data: bytes) -> bytes:
@@ -38,6 +40,19 @@ def hkdf_expand(prk: bytes, info: bytes) -> bytes:
 def mac_key(psk: bytes) -> bytes:
     """Key of the cheap handshake MAC: anyone with the PSK can compute it, nobody else."""
     return hkdf_expand(psk, _LABEL_MAC)
+
+
+def key_id(psk: bytes) -> bytes:
+    """The 8-byte clear name of a credential: a one-way function of the PSK (domain-separated
+    from every key), so both ends know it without a setting and it reveals nothing of the
+    key.  8 bytes: accidental collisions among even a million clients are ~3e-8 likely, and
+    the table refuses one at load."""
+    return hkdf_expand(psk, _LABEL_KEY_ID)[:8]
+
+
+def cookie_reply_key(psk: bytes) -> bytes:
+    """Key sealing the cookie the server sends under load: only this client can read it."""
+    return hkdf_expand(psk, _LABEL_COOKIE)
 
 
 def path_key(traffic_secret: bytes, direction: bytes, path_id: int) -> bytes:

@@ -45,6 +45,11 @@ class TokenBuckets:
         bucket[0] = tokens - 1
         return True
 
+    def prune(self, now: float) -> None:
+        """Drop full buckets now (at most once per ``prune_interval``), e.g. while the table
+        is not consulted and would otherwise keep its entries."""
+        self._prune(now)
+
     def _prune(self, now: float) -> bool:
         """Drop full buckets; whether there is room now."""
         if now - self._last_prune >= self.prune_interval:

@@ -1,30 +1,43 @@
 """The server side of the secure channel (sans-I/O: no socket, no clock).
 
 Datagrams are told apart by the header's session (key id) and path id, never by source
-address.  What an initiation costs the server, in order: a token from its source's bucket,
-a length and prefix check, one BLAKE2s MAC; only then the AEAD and, for a fresh timestamp,
-one X25519.  The answer is never larger than the initiation.
+address.  What an initiation costs the server, in order: a length and prefix check, a token
+from its source's bucket, a dict lookup of its clear key id (:mod:`ratbond.crypto.credentials`:
+one client's credential, never a trial of every key), one BLAKE2s MAC keyed for that client;
+only then the AEAD and, for a fresh timestamp, one X25519.  The answer is never larger than
+the initiation.
+
+Under load (more than ``Limits.cookie_threshold`` initiations in a second, or the per-source
+table three-quarters full) the order changes: after ``mac1`` the initiation must carry a valid
+``mac2`` for its source address (:mod:`ratbond.crypto.cookie`), else it gets a COOKIE_REPLY
+and nothing else; the per-source buckets then admit only such proven sources, in a table
+of their own that spoofed addresses can never fill.  Unknown keys and failed MACs get no
+REJECT while under load, and the same initiation (same ``mac1``) is given at most one cookie
+per second whatever its source: a replayed capture costs two MACs and no reply.
 
 A handshake only creates a *pending* key set.  The session counts as established -- the
 event is emitted, an older session of the same client is replaced, a rekey takes effect --
 when the first authenticated DATA datagram under the new keys arrives: that needs the
 initiator's ephemeral secret, so a replayed initiation can never displace a live session.
 
-Timestamp rule: per client (its random 8-byte id inside the authenticated payload) the server
-remembers the newest initiation timestamp it answered and refuses any initiation not
-strictly newer, and any initiation more than ``clock_tolerance`` away from its own wall
-clock.  The table is bounded; an evicted or forgotten (restart) entry only lets a capture of
-the last ``clock_tolerance`` seconds be answered, which key confirmation makes harmless.
+Timestamp rule: per client (its credential's name and its random 8-byte id inside the
+authenticated payload, so one client can never touch another's entry) the server remembers
+the newest initiation timestamp it answered and refuses any initiation not strictly newer,
+and any initiation more than ``clock_tolerance`` away from its own wall clock.  The table is
+bounded; an evicted or forgotten (restart) entry only lets a capture of the last
+``clock_tolerance`` seconds be answered, which key confirmation makes harmless.
 """
 
 from __future__ import annotations
 
 import os
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from ratbond.crypto.config import DEFAULT_LIMITS, ChannelConfig, ChannelMode, Limits
-from ratbond.crypto.errors import NotConnectedError, UnknownSessionError
+from ratbond.crypto.cookie import CookieMaker, seal_cookie_reply
+from ratbond.crypto.credentials import ClientCredential, CredentialEntry, CredentialTable
+from ratbond.crypto.errors import ConfigError, NotConnectedError, UnknownSessionError
 from ratbond.crypto.events import (
     ChannelEvent,
     DropCounters,
@@ -34,14 +47,16 @@ from ratbond.crypto.events import (
     SessionEstablished,
 )
 from ratbond.crypto.handshake import ResponderHandshake, TrafficSecrets
-from ratbond.crypto.kdf import mac_key
 from ratbond.crypto.messages import (
-    body_of,
     describe_mode,
+    handshake_body_of,
     handshake_datagram,
+    key_id_of,
+    mac1_of,
     prefix,
     prologue,
-    verify_mac,
+    verify_mac1,
+    verify_mac2,
 )
 from ratbond.crypto.ratelimit import TokenBuckets
 from ratbond.crypto.transport import KeySet
@@ -49,6 +64,7 @@ from ratbond.wire import (
     HEADER,
     HEADER_SIZE,
     INIT_PAYLOAD,
+    KEY_ID_SIZE,
     KEY_SIZE,
     PLAIN_RESP_PAYLOAD,
     PREFIX_SIZE,
@@ -65,12 +81,16 @@ from ratbond.wire import (
 )
 
 Address = tuple[str, int]
+#: Who a handshake belongs to: the credential's name and the client's own 8-byte id.
+ClientKey = tuple[str, bytes]
 
 _unpack_header = HEADER.unpack_from
 _DATA = int(MsgType.DATA)
 _INIT = int(MsgType.HANDSHAKE_INIT)
 _MAX_CACHED_RESPONSES = 1024
+_MAX_CHALLENGED = 4096
 _MODES = frozenset(int(mode) for mode in ModeCode)
+_IDENTITY_SIZE = KEY_ID_SIZE + KEY_SIZE  # key id and ephemeral name one initiation
 
 
 class _Client:
@@ -87,7 +107,7 @@ class _Client:
 class _Session:
     __slots__ = ("client_id", "current", "logical", "previous")
 
-    def __init__(self, logical: int, client_id: bytes, current: KeySet) -> None:
+    def __init__(self, logical: int, client_id: ClientKey, current: KeySet) -> None:
         self.logical = logical
         self.client_id = client_id
         self.current = current
@@ -97,12 +117,15 @@ class _Session:
 class _CachedResponse:
     """The answer to one initiation, resent (re-stamped per path) for copies on other paths."""
 
-    __slots__ = ("body", "expires", "session")
+    __slots__ = ("body", "expires", "mac_key", "name", "session")
 
-    def __init__(self, body: bytes, session: int, expires: float) -> None:
+    def __init__(self, body: bytes, session: int, expires: float, entry: CredentialEntry | None
+                 ) -> None:
         self.body = body
         self.session = session
         self.expires = expires
+        self.mac_key = entry.mac_key if entry is not None else None
+        self.name = entry.name if entry is not None else ""
 
 
 class ServerChannel:
@@ -112,10 +135,20 @@ class ServerChannel:
         self,
         config: ChannelConfig,
         *,
+        credentials: CredentialTable | None = None,
         random: Callable[[int], bytes] = os.urandom,
         limits: Limits = DEFAULT_LIMITS,
     ) -> None:
+        """``credentials``: the clients this server accepts (the table may be replaced in
+        place later, see :meth:`reload`); ``None``: the one nameless client holding
+        ``config.psk``, as before there were clients files."""
+        if config.psk is None:
+            if credentials is not None:
+                raise ConfigError("a clients table needs an authenticated mode (a secret)")
+        elif credentials is None:
+            credentials = CredentialTable.single(config.psk)
         self.config = config
+        self.credentials = credentials
         self.limits = limits
         self.stats = DropCounters()
         self._random = random
@@ -123,15 +156,27 @@ class ServerChannel:
         self._mode = config.mode_code
         self._cipher = config.cipher_code
         self._prefix = prefix(self._mode, self._cipher)
+        self._init_size = handshake_size(MsgType.HANDSHAKE_INIT, self._mode)
         self._prologue = prologue(self._mode, self._cipher)
-        self._mac_key = mac_key(config.psk) if config.psk is not None else None
         self._buckets = TokenBuckets(
             limits.handshake_rate, limits.handshake_burst, limits.rate_table_size
         )
+        # Under load, only sources that proved they receive (a valid mac2) are admitted here.
+        self._proven_buckets = TokenBuckets(
+            limits.handshake_rate, limits.handshake_burst, limits.rate_table_size
+        )
+        self._table_busy = max(1, limits.rate_table_size * 3 // 4)
+        self._cookies = CookieMaker(random)
+        self._load_window_end = float("-inf")
+        self._load_count = 0
+        self._load_until = float("-inf")
+        # mac1 of every initiation given a cookie in the current second: the same bytes again
+        # from another source are a replay (a sender re-sends only with mac2), left unanswered.
+        self._challenged: set[bytes] = set()
         self._keys: dict[int, KeySet] = {}  # header session id -> keys (pending, live, old)
         self._pending: OrderedDict[int, KeySet] = OrderedDict()  # in creation order
         self._sessions: dict[int, _Session] = {}  # logical id -> session
-        self._clients: OrderedDict[bytes, _Client] = OrderedDict()
+        self._clients: OrderedDict[ClientKey, _Client] = OrderedDict()
         self._responses: OrderedDict[bytes, _CachedResponse] = OrderedDict()
         self._outbox: list[tuple[bytes, Address]] = []
         self._events: deque[ChannelEvent] = deque()
@@ -206,14 +251,120 @@ class ServerChannel:
         """Forget ``session`` and its keys (no event); unknown ids are ignored."""
         self._drop_session(session)
 
+    def client_of(self, session: int) -> str:
+        """The credential name of an established session (``""`` in the single-client setup);
+        raises :class:`UnknownSessionError` for a session that is not established."""
+        state = self._sessions.get(session)
+        if state is None:
+            raise UnknownSessionError(f"no established session {session:#010x}")
+        return state.client_id[0]
+
+    def drop_client(self, name: str) -> tuple[int, ...]:
+        """Close every session and forget every handshake of client ``name`` (its credential
+        was removed or changed); queues ``SessionClosed(..., "removed", name)`` for each
+        session and returns their ids."""
+        closed = tuple(logical for logical, state in self._sessions.items()
+                       if state.client_id[0] == name)
+        for logical in closed:
+            self._drop_session(logical)
+            self._events.append(SessionClosed(logical, "removed", name))
+        for keys in [keys for keys in self._pending.values() if keys.client_id[0] == name]:
+            self._forget_pending(keys)
+        for key in [key for key in self._clients if key[0] == name]:
+            del self._clients[key]
+        for identity in [i for i, cached in self._responses.items() if cached.name == name]:
+            del self._responses[identity]
+        return closed
+
+    def reload(self, credentials: Iterable[ClientCredential]) -> frozenset[str]:
+        """Replace the clients table (SIGHUP) and close the sessions of every client removed
+        or changed; returns those names.  Raises :class:`ConfigError` (table unchanged) on a
+        duplicate name or secret."""
+        if self.credentials is None:
+            raise ConfigError("a plaintext server has no clients table to reload")
+        gone = self.credentials.replace(credentials)
+        for name in sorted(gone):
+            self.drop_client(name)
+        return gone
+
+    def under_load(self, now: float) -> bool:
+        """Whether initiations now need a cookie (see the module docstring)."""
+        return now < self._load_until or len(self._buckets) >= self._table_busy
+
     # -- handshake -----------------------------------------------------------------------
 
     def _on_initiation(self, data: bytes, addr: Address, now: float, wall_clock: float) -> None:
         stats = self.stats
         _, _, path_id, session, counter = HEADER.unpack_from(data)
-        if not self._buckets.allow(addr[0], now):
+        loaded = self._count_initiation(now) if self._secure else False
+        if not loaded and not self._buckets.allow(addr[0], now):
             stats.handshake_rate_limited += 1
             return
+        if (len(data) != self._init_size or session != 0 or counter != 0
+                or data[HEADER_SIZE:HEADER_SIZE + PREFIX_SIZE] != self._prefix):
+            self._misfit(data, (path_id, session, counter), addr, now, loaded=loaded)
+            return
+        entry: CredentialEntry | None = None
+        if self.credentials is not None:
+            entry = self.credentials.lookup(key_id_of(data))
+            if entry is None:
+                stats.unknown_key += 1
+                if not loaded:
+                    self._reject(RejectReason.AUTH_FAILED, path_id, addr)
+                    self._refused(addr, now, "a handshake failed authentication: that "
+                                             "client's --secret differs from this server's "
+                                             "(its key id matches no secret here; or someone "
+                                             "is probing the port)")
+                return
+            if not verify_mac1(entry.mac_key, data):
+                stats.handshake_auth_failed += 1
+                if not loaded:
+                    self._reject(RejectReason.AUTH_FAILED, path_id, addr)
+                    self._refused(addr, now, "a handshake failed authentication: that client's "
+                                             "--secret differs from this server's (or someone "
+                                             "is probing the port)")
+                return
+            if loaded and not self._admitted_under_load(data, entry, addr, path_id, now):
+                return
+            body = handshake_body_of(data)
+            identity = data[HEADER_SIZE + PREFIX_SIZE:HEADER_SIZE + PREFIX_SIZE + _IDENTITY_SIZE]
+        else:
+            body = identity = data[HEADER_SIZE + PREFIX_SIZE:]
+        # Copies of one initiation arrive on every path: answer each from the cache.
+        cached = self._responses.get(identity)
+        if cached is not None and cached.expires > now:
+            self._respond(cached.body, cached.session, path_id, addr, cached.mac_key)
+            return
+        self._handshake(body, identity, entry, addr, path_id, now=now, wall_clock=wall_clock)
+
+    def _admitted_under_load(self, data: bytes, entry: CredentialEntry, addr: Address,
+                             path_id: int, now: float) -> bool:
+        """Whether an authentic initiation proves its source (a valid mac2) and has a token
+        left; else it is answered with a cookie (once per initiation) or dropped."""
+        stats = self.stats
+        cookie = self._cookies.cookie(addr, now)
+        if not verify_mac2(cookie, data):
+            mac1 = mac1_of(data)
+            if mac1 in self._challenged:
+                stats.handshake_replayed += 1
+                return False
+            stats.handshake_needs_cookie += 1
+            if len(self._challenged) < _MAX_CHALLENGED:
+                self._challenged.add(mac1)
+            self._outbox.append((seal_cookie_reply(
+                entry.cookie_key, mac1, cookie, path_id, self._cookies.nonce()), addr))
+            return False
+        if not self._proven_buckets.allow(addr[0], now):
+            stats.handshake_rate_limited += 1
+            return False
+        return True
+
+    def _misfit(self, data: bytes, fields: tuple[int, int, int], addr: Address, now: float, *,
+                loaded: bool) -> None:
+        """An initiation not shaped as ours: junk (no answer), or another configuration
+        (a REJECT saying which, unless under load).  ``fields``: path id, session, counter."""
+        stats = self.stats
+        path_id, session, counter = fields
         head = parse_prefix(data)
         if isinstance(head, DropReason):
             stats.count(head)
@@ -223,52 +374,53 @@ class ServerChannel:
                 handshake_size(MsgType.HANDSHAKE_INIT, ModeCode(head.mode))):
             stats.malformed += 1
             return
-        if head.mode != self._mode or head.cipher != self._cipher:
-            stats.mode_mismatch += 1
-            theirs = describe_mode(head.mode, head.cipher)
-            ours = describe_mode(self._mode, self._cipher)
-            if head.mode != self._mode:
-                self._reject(RejectReason.MODE_MISMATCH, path_id, addr)
-                self._refused(addr, now, f"a client runs {theirs}, this server {ours}: use the "
-                                         "same --aes and --secret on both ends")
-            else:
-                self._reject(RejectReason.CIPHER_MISMATCH, path_id, addr)
-                self._refused(addr, now, f"a client runs {theirs}, this server {ours}: use the "
-                                         "same --cipher on both ends")
+        stats.mode_mismatch += 1
+        if loaded:
             return
-        if self._mac_key is not None and not verify_mac(self._mac_key, data):
-            stats.handshake_auth_failed += 1
-            self._reject(RejectReason.AUTH_FAILED, path_id, addr)
-            self._refused(addr, now, "a handshake failed authentication: that client's "
-                                     "--secret differs from this server's (or someone is "
-                                     "probing the port)")
-            return
-        body = body_of(data, self._secure)[PREFIX_SIZE:]
-        # Copies of one initiation arrive on every path: answer each from the cache.
-        identity = body[:KEY_SIZE] if self._secure else body
-        cached = self._responses.get(identity)
-        if cached is not None and cached.expires > now:
-            self._respond(cached.body, cached.session, path_id, addr)
-            return
-        self._handshake(body, identity, addr, path_id, now=now, wall_clock=wall_clock)
+        theirs = describe_mode(head.mode, head.cipher)
+        ours = describe_mode(self._mode, self._cipher)
+        if head.mode != self._mode:
+            self._reject(RejectReason.MODE_MISMATCH, path_id, addr)
+            self._refused(addr, now, f"a client runs {theirs}, this server {ours}: use the "
+                                     "same --aes and --secret on both ends")
+        else:
+            self._reject(RejectReason.CIPHER_MISMATCH, path_id, addr)
+            self._refused(addr, now, f"a client runs {theirs}, this server {ours}: use the "
+                                     "same --cipher on both ends")
+
+    def _count_initiation(self, now: float) -> bool:
+        """Count one initiation towards the load measure; whether the server is under load."""
+        if now >= self._load_window_end:
+            self._load_window_end = now + 1.0
+            self._load_count = 0
+            self._challenged.clear()
+        self._load_count += 1
+        if self._load_count > self.limits.cookie_threshold:
+            self._load_until = now + 1.0  # and for a second after the rate fell again
+        if len(self._buckets) >= self._table_busy:
+            self._buckets.prune(now)  # not consulted under load: let old entries go
+        return now < self._load_until or len(self._buckets) >= self._table_busy
 
     def _handshake(
-        self, body: bytes, identity: bytes, addr: Address, path_id: int, *, now: float,
-        wall_clock: float,
+        self, body: bytes, identity: bytes, entry: CredentialEntry | None, addr: Address,
+        path_id: int, *, now: float, wall_clock: float,
     ) -> None:
         stats = self.stats
         responder: ResponderHandshake | None = None
-        if self.config.psk is not None:
-            responder = ResponderHandshake.read_initiation(self.config.psk, self._prologue, body)
+        expected_tunnel = self.config.tunnel_info
+        payload = body
+        if entry is not None:
+            responder = ResponderHandshake.read_initiation(
+                entry.credential.psk, self._prologue + entry.key_id, body)
             if responder is None:
                 stats.handshake_auth_failed += 1
                 return
             payload = responder.payload
-        else:
-            payload = body
-        timestamp, client_id, resume, tunnel_info = INIT_PAYLOAD.unpack(payload)
+            expected_tunnel = entry.credential.tunnel_info or expected_tunnel
+        timestamp, own_id, resume, tunnel_info = INIT_PAYLOAD.unpack(payload)
+        client_id: ClientKey = (entry.name if entry is not None else "", own_id)
         client = self._clients.get(client_id)
-        refusal = self._refusal(timestamp, tunnel_info, client, wall_clock,
+        refusal = self._refusal(timestamp, tunnel_info, expected_tunnel, client, wall_clock,
                                 secure=responder is not None)
         if refusal is not None:
             reason, why = refusal
@@ -292,7 +444,7 @@ class ServerChannel:
                 return
             reply, secrets = answer
         else:
-            reply = PLAIN_RESP_PAYLOAD.pack(logical, client_id, timestamp)
+            reply = PLAIN_RESP_PAYLOAD.pack(logical, own_id, timestamp)
         keys = KeySet(
             session=session, logical=logical, secrets=secrets, initiator=False,
             mode=self.config.mode, cipher=self.config.cipher, created=now, limits=self.limits,
@@ -307,14 +459,15 @@ class ServerChannel:
         while len(self._pending) > self.limits.max_pending:
             self._forget_pending(next(iter(self._pending.values())))
         cached = _CachedResponse(self._prefix + reply, session,
-                                 now + self.limits.response_cache_time)
+                                 now + self.limits.response_cache_time, entry)
         self._responses[identity] = cached
         while len(self._responses) > _MAX_CACHED_RESPONSES:
             self._responses.popitem(last=False)
-        self._respond(cached.body, session, path_id, addr)
+        self._respond(cached.body, session, path_id, addr, cached.mac_key)
 
-    def _refusal(self, timestamp: int, tunnel_info: bytes, client: _Client | None,
-                 wall_clock: float, *, secure: bool) -> tuple[RejectReason | None, str] | None:
+    def _refusal(self, timestamp: int, tunnel_info: bytes, expected_tunnel: bytes,
+                 client: _Client | None, wall_clock: float, *, secure: bool,
+                 ) -> tuple[RejectReason | None, str] | None:
         """Why an authenticated initiation is not answered, or None to answer it.
 
         A reason comes with a REJECT and a log line for the user; ``(None, ...)`` is a silent
@@ -330,17 +483,18 @@ class ServerChannel:
             if client is not None and timestamp <= client.newest_timestamp:
                 stats.handshake_stale += 1
                 return None, "stale"
-        if tunnel_info != self.config.tunnel_info:
+        if tunnel_info != expected_tunnel:
             stats.mode_mismatch += 1
             return RejectReason.TUNNEL_MISMATCH, (
                 f"a client has {describe_tunnel_info(tunnel_info)}, this server "
-                f"{describe_tunnel_info(self.config.tunnel_info)}: use the same --tunnel-ip "
+                f"{describe_tunnel_info(expected_tunnel)}: use the same --tunnel-ip "
                 "and --tunnel-ip6 on both ends")
         return None
 
-    def _respond(self, body: bytes, session: int, path_id: int, addr: Address) -> None:
+    def _respond(self, body: bytes, session: int, path_id: int, addr: Address,
+                 mac_key: bytes | None) -> None:
         datagram = handshake_datagram(
-            MsgType.HANDSHAKE_RESPONSE, path_id, session, body, self._mac_key
+            MsgType.HANDSHAKE_RESPONSE, path_id, session, body, mac_key
         )
         self._outbox.append((datagram, addr))
 
@@ -353,7 +507,7 @@ class ServerChannel:
             self._last_refused_event = now
             self._events.append(HandshakeRefused(addr, reason))
 
-    def _new_client(self, client_id: bytes) -> _Client | None:
+    def _new_client(self, client_id: ClientKey) -> _Client | None:
         clients = self._clients
         if len(clients) >= self.limits.max_clients:
             idle = next(
@@ -395,17 +549,17 @@ class ServerChannel:
                 self._keys.pop(state.previous.session, None)
             state.current.retire(now, self.limits.key_grace)
             state.previous, state.current = state.current, keys
-            self._events.append(KeysRotated(keys.logical))
+            self._events.append(KeysRotated(keys.logical, keys.client_id[0]))
             return
         if state is not None:  # the id was reused meanwhile: fall back to the key id
             keys.logical = keys.session
         replaced = client.session
         if replaced is not None and replaced in self._sessions:
             self._drop_session(replaced)
-            self._events.append(SessionClosed(replaced, "replaced"))
+            self._events.append(SessionClosed(replaced, "replaced", keys.client_id[0]))
         self._sessions[keys.logical] = _Session(keys.logical, keys.client_id, keys)
         client.session = keys.logical
-        self._events.append(SessionEstablished(keys.logical, addr))
+        self._events.append(SessionEstablished(keys.logical, addr, keys.client_id[0]))
 
     def _drop_session(self, logical: int) -> None:
         state = self._sessions.pop(logical, None)
@@ -455,4 +609,4 @@ class ServerChannel:
                     del self._keys[previous.session]
             if now >= state.current.expires:
                 self._drop_session(logical)
-                self._events.append(SessionClosed(logical, "expired"))
+                self._events.append(SessionClosed(logical, "expired", state.client_id[0]))

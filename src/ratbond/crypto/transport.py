@@ -86,7 +86,7 @@ class KeySet:
         cipher: str,
         created: float,
         limits: Limits,
-        client_id: bytes = b"",
+        client_id: tuple[str, bytes] = ("", b""),
     ) -> None:
         self.session = session  # key id in the header of every datagram under these keys
         self.logical = logical  # the session id the API reports; survives rekeys
