@@ -212,3 +212,104 @@ class ConnPair:
                     continue  # sent to an address the path no longer has: lost
                 link.delivered += 1
                 self.client.receive_datagram(datagram, self.now)
+
+
+class FleetSim:
+    """Several client connections on one server (a clients file), under one fake clock.
+
+    Each client's paths have their own public addresses (``198.51.<client>.<path>``), so the
+    server's answers find their client by address as the network would route them; links
+    are lossless with a fixed delay (the single-pair :class:`ConnPair` covers loss).
+    """
+
+    def __init__(self, server: ServerConnection, clients: dict[str, ClientConnection], *,
+                 delay: float = 0.01) -> None:
+        self.now = 0.0
+        self.server = server
+        self.clients = clients
+        self.delay = delay
+        self.addresses: dict[Address, tuple[str, int]] = {}
+        self.received: dict[str, list[bytes]] = {name: [] for name in clients}
+        self.server_received: dict[str, list[bytes]] = {}
+        self.server_events: list[ConnectionEvent] = []
+        self.client_events: dict[str, list[ConnectionEvent]] = {name: [] for name in clients}
+        self._in_flight: list[tuple[float, int, str | None, Address, bytes]] = []
+        self._counter = 0
+
+    def add_paths(self, name: str, count: int) -> None:
+        index = sorted(self.clients).index(name) + 1
+        for path_id in range(1, count + 1):
+            self.addresses[(f"198.51.{index}.{path_id}", 40000 + path_id)] = (name, path_id)
+            self.clients[name].add_path(path_id, self.now)
+
+    def address_of(self, name: str, path_id: int) -> Address:
+        return next(a for a, v in self.addresses.items() if v == (name, path_id))
+
+    def start(self) -> None:
+        for client in self.clients.values():
+            client.connect(self.now)
+
+    def run_until(self, done: Callable[[], bool], end: float) -> bool:
+        steps_at_instant = 0
+        while True:
+            self.pump()
+            if done():
+                return True
+            if self.now >= end:
+                return False
+            due = end
+            if self._in_flight:
+                due = min(due, self._in_flight[0][0])
+            ends: list[ClientConnection | ServerConnection] = [self.server,
+                                                               *self.clients.values()]
+            for conn in ends:
+                timer = conn.get_timer()
+                if timer is not None:
+                    due = min(due, timer)
+            if due > self.now:
+                self.now, steps_at_instant = due, 0
+            else:
+                steps_at_instant += 1
+                if steps_at_instant > _MAX_STEPS_PER_INSTANT:
+                    raise RuntimeError(f"simulation stuck at t={self.now}")
+            self._deliver_due()
+            for conn in ends:
+                timer = conn.get_timer()
+                if timer is not None and timer <= self.now:
+                    conn.handle_timer(self.now)
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(lambda: False, self.now + seconds)
+
+    def pump(self) -> None:
+        for name, client in self.clients.items():
+            for path_id, datagram in client.datagrams_to_send(self.now):
+                self._send(None, self.address_of(name, path_id), datagram)
+            self.received[name].extend(client.packets_received())
+            while (event := client.next_event()) is not None:
+                self.client_events[name].append(event)
+        for datagram, addr in self.server.datagrams_to_send(self.now):
+            target = self.addresses.get(addr)
+            if target is not None:
+                self._send(target[0], addr, datagram)
+        for name, packets in self.server.packets_by_client().items():
+            self.server_received.setdefault(name, []).extend(packets)
+        while (event := self.server.next_event()) is not None:
+            self.server_events.append(event)
+
+    def inject(self, addr: Address, datagram: bytes) -> None:
+        """A datagram from ``addr`` straight to the server (a forger, a stranger)."""
+        self._send(None, addr, datagram)
+
+    def _send(self, to_client: str | None, addr: Address, datagram: bytes) -> None:
+        self._counter += 1
+        heapq.heappush(self._in_flight, (self.now + self.delay, self._counter, to_client,
+                                         addr, datagram))
+
+    def _deliver_due(self) -> None:
+        while self._in_flight and self._in_flight[0][0] <= self.now:
+            _, _, to_client, addr, datagram = heapq.heappop(self._in_flight)
+            if to_client is None:
+                self.server.receive_datagram(datagram, addr, self.now)
+            elif to_client in self.clients:
+                self.clients[to_client].receive_datagram(datagram, self.now)

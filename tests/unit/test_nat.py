@@ -79,8 +79,8 @@ def test_lan_routes_go_via_the_clients_tunnel_address_and_are_removed() -> None:
     settings = server_settings({"route": ["192.168.99.0/24", "fd00:99::/64"]}, {})
     forwarding = ServerForwarding(settings, rtnl_factory=FakeRtnl)  # type: ignore[arg-type]
     forwarding.start("tun660")
-    assert FakeRtnl.calls == [("add", "192.168.99.0", 24, "10.10.10.2", 7),
-                              ("add", "fd00:99::", 64, "fd00:7262:6f6e:6400::2", 7)]
+    assert FakeRtnl.calls == [("add", "192.168.99.0", 24, "10.10.10.1", 7),
+                              ("add", "fd00:99::", 64, "fd00:7262:6f6e:6400::1", 7)]
     forwarding.stop()
     assert [c[0] for c in FakeRtnl.calls] == ["add", "add", "del", "del"]
     forwarding.stop()  # idempotent: nothing more is deleted

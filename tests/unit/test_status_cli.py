@@ -179,7 +179,7 @@ RECORDED = Path(__file__).parent
 RECORDED_CLIENT_TEXT = (
     "ratbond client 0.1.0  uptime 21s  tunnel DEGRADED (1/2 paths up)\n"
     "session 9e0bfc1e  server 198.18.0.100:12345  channel encrypted chacha20-poly1305  rekeys \u2013\n"  # noqa: E501
-    "tun tun660 10.10.10.2/30  mtu 1391  default route yes  balance consistent\n"
+    "tun tun660 10.10.10.1/30  mtu 1391  default route yes  balance consistent\n"
     "\n"
     "PATH  WAN         STATE        SINCE  RTT ms   LOSS     CAP   TX 1s   RX 1s  TX 10s  RX 10s  REASON\n"  # noqa: E501
     "   1  wan1        up             20s    59.0   0.0%    18.9    0.64   18.47    0.57   18.09\n"
@@ -200,7 +200,7 @@ RECORDED_CLIENT_TEXT = (
 RECORDED_SERVER_TEXT = (
     "ratbond server 0.1.0  uptime 21s  tunnel DEGRADED (1/2 paths up)\n"
     "session 9e0bfc1e  listen 0.0.0.0:12345  channel encrypted chacha20-poly1305  rekeys \u2013\n"
-    "tun tun660 10.10.10.1/30  mtu 1391  balance consistent\n"
+    "tun tun660 10.10.10.2/30  mtu 1391  balance consistent\n"
     "\n"
     "session 9e0bfc1e (active)  client 198.18.0.11  age 21s  balance consistent\n"
     "PATH  WAN                STATE        SINCE  RTT ms   LOSS     CAP   TX 1s   RX 1s  TX 10s  RX 10s  REASON\n"  # noqa: E501

@@ -43,7 +43,7 @@ CLIENT_SNAPSHOT: dict[str, Any] = {
     "server": "vps.example.net:12345",
     "balance": "consistent",
     "channel": {"mode": "encrypted", "cipher": "chacha20-poly1305", "rekeys": 31},
-    "tunnel": {"device": "tun660", "tunnel_id": 660, "address": "10.10.10.2/30", "mtu": 1391,
+    "tunnel": {"device": "tun660", "tunnel_id": 660, "address": "10.10.10.1/30", "mtu": 1391,
                "default_route": True},
     "wans": {"wan1": "192.168.1.2", "wan2": "192.168.2.2"},
     "counters": {"rx_datagrams": 5120, "tun_rx_packets": 4096, "tun_tx_packets": 4000},
@@ -66,7 +66,7 @@ SERVER_SNAPSHOT: dict[str, Any] = {
     "session": "0000abcd",
     "sessions": {"0000abcd": {"age_s": 61.5, "active": True, "client": "203.0.113.7"},
                  "00001111": {"age_s": 3.0, "active": False}},
-    "tunnel": {"device": "tun660", "address": "10.10.10.1/30", "mtu": 1391},
+    "tunnel": {"device": "tun660", "address": "10.10.10.2/30", "mtu": 1391},
     "counters": {"tun_rx_packets": 10},
     "drops": {"bond_late": 0},
     "paths": [

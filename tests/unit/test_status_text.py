@@ -13,7 +13,7 @@ SERVER_RATES = {"0000abcd/1": Rates(1e5, 2e5, 1e5, 2e5)}
 CLIENT_TEXT = (
     "ratbond client 0.1.0  uptime 1h02m  tunnel DEGRADED (1/2 paths up)\n"
     "session 0000abcd  server vps.example.net:12345  channel encrypted chacha20-poly1305  rekeys 31\n"  # noqa: E501
-    "tun tun660 10.10.10.2/30  mtu 1391  default route yes  balance consistent\n"
+    "tun tun660 10.10.10.1/30  mtu 1391  default route yes  balance consistent\n"
     "\n"
     "PATH  WAN         STATE        SINCE  RTT ms   LOSS     CAP   TX 1s   RX 1s  TX 10s  RX 10s  REASON\n"  # noqa: E501
     "   1  wan1        up           2m05s    41.0   0.1%    30.0    1.00   20.00    0.96   19.20\n"
@@ -30,7 +30,7 @@ CLIENT_TEXT = (
 SERVER_TEXT = (
     "ratbond server 0.1.0  uptime 1d01h  tunnel DEGRADED (2/3 paths up)\n"
     "session 0000abcd  listen 0.0.0.0:12345  channel encrypted aes-256-gcm  rekeys \u2013\n"
-    "tun tun660 10.10.10.1/30  mtu 1391  balance \u2013\n"
+    "tun tun660 10.10.10.2/30  mtu 1391  balance \u2013\n"
     "\n"
     "session 0000abcd (active)  client 203.0.113.7  age 1m01s  balance \u2013\n"
     "PATH  WAN                 STATE        SINCE  RTT ms   LOSS     CAP   TX 1s   RX 1s  TX 10s  RX 10s  REASON\n"  # noqa: E501

@@ -40,18 +40,22 @@ class HandshakeRefused:
 
 @dataclass(frozen=True, slots=True)
 class SessionStarted:
-    """A session is established (the server gives the first authenticated ``addr``)."""
+    """A session is established (the server gives the first authenticated ``addr``, and
+    with a clients file the ``client`` whose credentials it used)."""
 
     session: int
     addr: Address | None = None
+    client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SessionEnded:
-    """A session is over: replaced, expired, silent or closed by the peer."""
+    """A session is over: replaced, expired, silent, closed by the peer or its client was
+    removed from the clients file (server: ``client`` names it with a clients file)."""
 
     session: int
     reason: str
+    client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

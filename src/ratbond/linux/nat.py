@@ -44,15 +44,17 @@ def _quote(name: str) -> str:
     return f'"{name}"'
 
 
-def ruleset(*, tun: str, out_if: str, sources: Sequence[Network]) -> str:
+def ruleset(*, tun: str | Sequence[str], out_if: str, sources: Sequence[Network]) -> str:
     """The ``nft -f`` text: masquerade ``sources`` leaving by ``out_if``, and clamp the MSS
     of TCP SYNs forwarded into or out of ``tun`` to the route's MTU (the TUN's 1391 on the
-    way in, so hosts behind the client never send segments the tunnel must fragment)."""
+    way in, so hosts behind the client never send segments the tunnel must fragment).
+    ``tun`` may name several TUNs (``--clients``: one per client)."""
     masq = []
     for net in sources:
         family = "ip" if net.version == 4 else "ip6"
         masq.append(f"    oifname {_quote(out_if)} {family} saddr {net} counter masquerade")
-    tun_q = _quote(tun)
+    tun_q = (_quote(tun) if isinstance(tun, str)
+             else "{ " + ", ".join(_quote(name) for name in tun) + " }")
     return "\n".join([
         f"table inet {TABLE} {{}}",
         f"delete table inet {TABLE}",
@@ -178,7 +180,7 @@ class ServerForwarding:
 def start_server_forwarding(settings: ServerSettings, tun: str) -> ServerForwarding:
     """The server's start-up call (TUN up): sysctl check, ``--nat``, ``--route``.  On a
     failure whatever was done is undone before the error propagates."""
-    sysctl.at_start("server", tune=settings.tune_sysctls,
+    sysctl.at_start("server", tune=settings.tune_sysctls, tun=tun,
                     warn=lambda line: log.warning("%s", line))
     forwarding = ServerForwarding(settings)
     try:

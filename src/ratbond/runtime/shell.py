@@ -113,9 +113,7 @@ class Shell(ABC, Generic[ConnT]):
         conn = self.connection
         try:
             self._send_datagrams(now)
-            packets = conn.packets_received()
-            if packets:
-                self._write_tun(packets)
+            self._deliver_received()
             while (event := conn.next_event()) is not None:
                 if self.mqtt is not None:
                     self.mqtt.on_event(event)  # a queue put: never blocks
@@ -123,6 +121,13 @@ class Shell(ABC, Generic[ConnT]):
             self._set_tun_reading(conn.can_send())
         finally:
             self._timer.arm(earliest(conn.get_timer(), self._shell_timer()))
+
+    def _deliver_received(self) -> None:
+        """Write what the connection received to the TUN (a server with a clients file
+        writes each client's packets to that client's own TUN instead)."""
+        packets = self.connection.packets_received()
+        if packets:
+            self._write_tun(packets)
 
     def _write_tun(self, packets: list[bytes]) -> None:
         tun = self.tun

@@ -7,7 +7,7 @@ Snapshot shape (every key optional, unknown keys ignored; ``docs/status.md`` lis
     {"role": "client", "version": "...", "uptime_s": 12.3, "session": "0000abcd" | None,
      "server": "host:port", "balance": "consistent",
      "channel": {"mode": "encrypted", "cipher": "chacha20-poly1305", "rekeys": 3},
-     "tunnel": {"device": "tun660", "address": "10.10.10.2/30", "mtu": 1391, ...},
+     "tunnel": {"device": "tun660", "address": "10.10.10.1/30", "mtu": 1391, ...},
      "counters": {"tun_rx_packets": 5, ...},          # monotonically increasing
      "drops": {"auth_failed": 0, ...},                 # by reason
      "reorder": {"held": 0, "late": 2, ...},

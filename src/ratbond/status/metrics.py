@@ -74,6 +74,33 @@ class ModelCollector(Collector):
         model = self._model()
         yield from _nonempty(tunnel_families(model))
         yield from _nonempty(path_families(model))
+        yield from _nonempty(client_families(model))
+
+
+def client_families(model: StatusModel) -> Iterator[Metric]:
+    """A server with ``--clients``: per client (label ``client``) up, paths, packets, drops."""
+    if not model.clients:
+        return
+    labels = ["client", "tunnel"]
+    up = GaugeMetricFamily("ratbond_client_up", "1 while the client has a session with a "
+                           "path up", labels=labels)
+    paths = GaugeMetricFamily("ratbond_client_paths_up", "the client's paths up",
+                              labels=labels)
+    packets = CounterMetricFamily("ratbond_client_packets", "IP packets through the "
+                                  "client's TUN, by direction (rx: from the client)",
+                                  labels=[*labels, "direction"])
+    drops = CounterMetricFamily("ratbond_client_drops", "the client's packets dropped, by "
+                                "reason (spoofed_source: a source address it does not own)",
+                                labels=[*labels, "reason"])
+    for client in model.clients:
+        base = [client.name, client.device or ""]
+        up.add_metric(base, float(client.state == "up"))
+        paths.add_metric(base, float(client.paths_up))
+        packets.add_metric([*base, "rx"], float(client.counters.get("rx_packets", 0)))
+        packets.add_metric([*base, "tx"], float(client.counters.get("tx_packets", 0)))
+        for reason, count in sorted(client.drops.items()):
+            drops.add_metric([*base, reason], float(count))
+    yield from (up, paths, packets, drops)
 
 
 def tunnel_families(model: StatusModel) -> Iterator[Metric]:

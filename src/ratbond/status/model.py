@@ -190,6 +190,23 @@ class SessionStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class ClientStatus:
+    """One client of a server with a clients file: its TUN, session and drops."""
+
+    name: str
+    device: str | None = None
+    tunnel_id: int | None = None
+    address: str | None = None
+    state: str = DOWN
+    session: str | None = None
+    paths_up: int = 0
+    paths_total: int = 0
+    routes: tuple[str, ...] = ()
+    counters: dict[str, int] = field(default_factory=dict)
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Totals:
     paths_known: int = 0
     paths_up: int = 0
@@ -218,9 +235,34 @@ class StatusModel:
     drops: dict[str, int] = field(default_factory=dict)
     reorder: dict[str, float] = field(default_factory=dict)
     wans: dict[str, str] = field(default_factory=dict)
+    clients: tuple[ClientStatus, ...] = ()  # server with --clients: one per client
 
 
 # ----------------------------------------------------------------------------- from a snapshot
+
+
+def clients_from(value: object) -> tuple[ClientStatus, ...]:
+    """The server's per-client blocks (``--clients``), as the runtime or the JSON gives them."""
+    out = []
+    for row in value[:_MAX_ITEMS * 16] if isinstance(value, (list, tuple)) else ():
+        if not isinstance(row, Mapping):
+            continue
+        name = as_text(row.get("name"))
+        if name is None:
+            continue
+        tunnel, paths = _mapping(row.get("tunnel")), _mapping(row.get("paths"))
+        routes = tunnel.get("routes", row.get("routes"))
+        out.append(ClientStatus(
+            name=name, device=as_text(tunnel.get("device", row.get("device"))),
+            tunnel_id=as_int(tunnel.get("tunnel_id", row.get("tunnel_id"))),
+            address=as_text(tunnel.get("address", row.get("address"))),
+            state=as_text(row.get("state")) or DOWN, session=as_text(row.get("session")),
+            paths_up=as_int(paths.get("up", row.get("paths_up"))) or 0,
+            paths_total=as_int(paths.get("total", row.get("paths_total"))) or 0,
+            routes=tuple(t for t in (as_text(r) for r in routes) if t)
+            if isinstance(routes, (list, tuple)) else (),
+            counters=_counts(row.get("counters")), drops=_counts(row.get("drops"))))
+    return tuple(sorted(out, key=lambda c: c.name))
 
 
 def tunnel_label(tunnel: TunnelStatus) -> str:
@@ -362,7 +404,8 @@ def build_model(snap: Mapping[str, Any], rates: Mapping[str, Rates] | None = Non
         totals=totals_from(ordered), paths=ordered,
         sessions=sessions_from(snap.get("sessions"), ordered),
         counters=_counts(snap.get("counters")), drops=_counts(snap.get("drops")),
-        reorder=_numbers(snap.get("reorder"), floats=True), wans=_texts(snap.get("wans")))
+        reorder=_numbers(snap.get("reorder"), floats=True), wans=_texts(snap.get("wans")),
+        clients=clients_from(snap.get("clients")))
 
 
 # ----------------------------------------------------------------------------- JSON
@@ -410,4 +453,5 @@ def from_dict(data: Mapping[str, Any]) -> StatusModel:
                       rates=rates_from(totals.get("rates"))),
         paths=ordered, sessions=sessions_from(data.get("sessions"), ordered),
         counters=_counts(data.get("counters")), drops=_counts(data.get("drops")),
-        reorder=_numbers(data.get("reorder"), floats=True), wans=_texts(data.get("wans")))
+        reorder=_numbers(data.get("reorder"), floats=True), wans=_texts(data.get("wans")),
+        clients=clients_from(data.get("clients")))

@@ -82,24 +82,35 @@ def _csp_hash(text: str) -> str:
     return "'sha256-" + base64.b64encode(digest).decode() + "'"
 
 
-class Dashboard:
-    """The single-page dashboard: HTML with its CSS and JS inlined, so one (authorised)
-    request gets everything and the page needs nothing from anywhere else."""
+class InlinePage:
+    """A single page with its CSS and JS inlined (``<stem>.html`` with ``/*STYLE*/`` and
+    ``/*SCRIPT*/`` in the package's ``assets``), so one (authorised) request gets everything,
+    and a CSP that allows exactly those two blocks and nothing from anywhere else.  Its
+    ``{{TEXT_URL}}`` is the no-JS link to ``text_path`` (keeping a ``?token=``)."""
 
-    def __init__(self) -> None:
-        assets = resources.files("ratbond.status") / "assets"
-        style = (assets / "dashboard.css").read_text(encoding="utf-8")
-        script = (assets / "dashboard.js").read_text(encoding="utf-8")
-        page = (assets / "dashboard.html").read_text(encoding="utf-8")
+    def __init__(self, package: str, stem: str, text_path: str, *,
+                 img_src: str = "'self' data:") -> None:
+        assets = resources.files(package) / "assets"
+        style = (assets / f"{stem}.css").read_text(encoding="utf-8")
+        script = (assets / f"{stem}.js").read_text(encoding="utf-8")
+        page = (assets / f"{stem}.html").read_text(encoding="utf-8")
         self._page = page.replace("/*STYLE*/", style).replace("/*SCRIPT*/", script)
-        self.csp = ("default-src 'none'; connect-src 'self'; img-src 'self' data:; "
+        self._text_path = text_path
+        self.csp = (f"default-src 'none'; connect-src 'self'; img-src {img_src}; "
                     f"style-src {_csp_hash(style)}; script-src {_csp_hash(script)}; "
                     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
 
     def render(self, token: str | None) -> bytes:
         """The page; a ``?token=`` it was opened with goes into its no-JS link too."""
-        link = "status" if token is None else "status?token=" + quote(token, safe="")
+        link = self._text_path
+        if token is not None:
+            link += "?token=" + quote(token, safe="")
         return self._page.replace("{{TEXT_URL}}", link).encode()
+
+
+def dashboard_page() -> InlinePage:
+    """The status dashboard (``assets/dashboard.*``), its no-JS link to the text view."""
+    return InlinePage("ratbond.status", "dashboard", "status")
 
 
 class StatusServer:
@@ -115,7 +126,7 @@ class StatusServer:
         self._token = token.encode() if token else None
         self._clock = clock
         self.sampler = Sampler(interval_s=interval_s, horizon_s=horizon_s)
-        self._dashboard = Dashboard()
+        self._dashboard = dashboard_page()
         self._server: asyncio.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._errors = RateLimitedLog(log, interval=60.0, clock=clock)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from ratbond.status.model import PathStatus, SessionStatus, StatusModel
+from ratbond.status.model import ClientStatus, PathStatus, SessionStatus, StatusModel
 
 DASH = "\u2013"  # en dash: "no value", distinct from a negative number
 WIDTH = 100
@@ -169,10 +169,26 @@ def session_block(session: SessionStatus, paths: Sequence[PathStatus]) -> list[s
     return lines
 
 
+def clients_table(clients: Sequence[ClientStatus]) -> list[str]:
+    """A server with ``--clients``: one line per client (name, TUN, state, paths, drops)."""
+    width = max(6, *(len(c.name) for c in clients))
+    lines = [f"{'client':<{width}}  {'tun':<9} {'state':<9} {'paths':>5}  {'session':<8}  "
+             f"{'rx pkts':>9} {'tx pkts':>9}  spoofed"]
+    for c in clients:
+        lines.append(f"{c.name:<{width}}  {_text(c.device):<9} {c.state:<9} "
+                     f"{c.paths_up:>2}/{c.paths_total:<2}  {_text(c.session):<8}  "
+                     f"{c.counters.get('rx_packets', 0):>9} {c.counters.get('tx_packets', 0):>9}"
+                     f"  {c.drops.get('spoofed_source', 0)}")
+    return lines
+
+
 def render_text(model: StatusModel) -> str:
     """The whole view; rates in Mbit/s (decimal), RTT in ms, loss in percent."""
     lines = header(model)
     lines.append("")
+    if model.clients:
+        lines += clients_table(model.clients)
+        lines.append("")
     if model.role == "server" and model.sessions:
         grouped = {key for s in model.sessions for key in s.paths}
         for session in model.sessions:
