@@ -57,8 +57,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tunnel-id", metavar="N", default=_S,
                    help=f"tunnel number; the server's TUN is tun<N> (default {DEFAULT_TUNNEL_ID})")
     p.add_argument("--tunnel-ip", metavar="CIDR", default=_S,
-                   help="IPv4 subnet of the tunnel, /30 or larger: server takes the first host, "
-                        f"client the second (default {DEFAULT_TUNNEL_IP})")
+                   help="IPv4 subnet of the tunnel, /30 or larger: client takes the first host, "
+                        f"server the second, as in the Go original (default "
+                        f"{DEFAULT_TUNNEL_IP})")
     p.add_argument("--tunnel-ip6", metavar="CIDR", default=_S,
                    help="IPv6 subnet inside the tunnel, or 'none' (default "
                         f"{DEFAULT_TUNNEL_IP6})")
@@ -120,6 +121,10 @@ def _add_server(sub: Any) -> None:
     p.add_argument("--route", metavar="CIDR", action="append", default=_S,
                    help="route this client-side LAN into the tunnel via the client's tunnel "
                         "address (repeatable; removed on exit; masqueraded too with --nat)")
+    p.add_argument("--clients", metavar="FILE", default=_S,
+                   help="serve many clients: a TOML file with a [[client]] table per router "
+                        "(name, secret-file, tunnel-id, tunnel-ip, routes...; see "
+                        "examples/clients.toml); reloaded on SIGHUP")
     _add_common(p)
     add_mqtt_flags(p)  # --mqtt-* (ratbond.mqtt)
     p.set_defaults(handler=_run_server)
@@ -151,6 +156,15 @@ def _add_client(sub: Any) -> None:
     p.add_argument("--rescan-interval", metavar="DURATION", default=_S,
                    help=f"full WAN rescan period, in case a netlink event was missed "
                         f"({_DURATION}; default 15)")
+    p.add_argument("--manage-policy-routing", action="store_true", default=_S,
+                   help="give each WAN (an interface with a default route in main) its own "
+                        "table and 'from <wan-ip>' rule at start, keep them right while "
+                        "running (new lease, new gateway, WAN added or gone), remove them on "
+                        "exit")
+    p.add_argument("--policy-table-base", metavar="N", default=_S,
+                   help="first table of --manage-policy-routing (default 100; uses N..N+31)")
+    p.add_argument("--policy-pref", metavar="N", default=_S,
+                   help="priority of --manage-policy-routing's rules (default 10000)")
     _add_common(p)
     add_mqtt_flags(p)  # --mqtt-* (ratbond.mqtt)
     p.set_defaults(handler=_run_client)

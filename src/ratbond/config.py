@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
-from ratbond.crypto import Secret, SecretError, load_secret
+from ratbond.clients import ClientsFile, ClientsFileError, load_clients
+from ratbond.crypto import ENV_VAR, Secret, SecretError, load_secret
 from ratbond.crypto.secret import permission_warning
 from ratbond.mqtt.options import MQTT_KEYS, MqttSettings, mqtt_settings
 
@@ -46,6 +47,10 @@ DEFAULT_TUNNEL_IP = "10.10.10.0/30"
 DEFAULT_TUNNEL_IP6 = "fd00:7262:6f6e:6400::/64"
 _DEFAULT_NET = ipaddress.IPv4Network(DEFAULT_TUNNEL_IP)
 _DEFAULT_NET6 = ipaddress.IPv6Network(DEFAULT_TUNNEL_IP6)
+#: Defaults of ``policy-routing apply`` (ratbond.linux.policy; a unit test keeps them equal).
+POLICY_TABLE_BASE = 100
+POLICY_PREF = 10000
+_POLICY_TABLES = 32  # ratbond.linux.policy.MAX_WANS
 DEFAULT_HTTP_LISTEN = "127.0.0.1:8091"
 MAX_MUX = 16
 #: Bounds of ``--link-rate`` in Mbit/s: 10 kbit/s .. 100 Gbit/s.
@@ -118,28 +123,28 @@ class CommonSettings:
 
     @property
     def server_tunnel_address(self) -> ipaddress.IPv4Interface:
-        """First usable host of ``--tunnel-ip`` (the original's rule)."""
-        return ipaddress.IPv4Interface(f"{self.tunnel_ip.network_address + 1}/"
+        """Second usable host of ``--tunnel-ip`` (the Go original's order)."""
+        return ipaddress.IPv4Interface(f"{self.tunnel_ip.network_address + 2}/"
                                        f"{self.tunnel_ip.prefixlen}")
 
     @property
     def client_tunnel_address(self) -> ipaddress.IPv4Interface:
-        """Second usable host of ``--tunnel-ip``."""
-        return ipaddress.IPv4Interface(f"{self.tunnel_ip.network_address + 2}/"
+        """First usable host of ``--tunnel-ip`` (the Go original's order)."""
+        return ipaddress.IPv4Interface(f"{self.tunnel_ip.network_address + 1}/"
                                        f"{self.tunnel_ip.prefixlen}")
 
     @property
     def server_tunnel_address6(self) -> ipaddress.IPv6Interface | None:
         if self.tunnel_ip6 is None:
             return None
-        return ipaddress.IPv6Interface(f"{self.tunnel_ip6.network_address + 1}/"
+        return ipaddress.IPv6Interface(f"{self.tunnel_ip6.network_address + 2}/"
                                        f"{self.tunnel_ip6.prefixlen}")
 
     @property
     def client_tunnel_address6(self) -> ipaddress.IPv6Interface | None:
         if self.tunnel_ip6 is None:
             return None
-        return ipaddress.IPv6Interface(f"{self.tunnel_ip6.network_address + 2}/"
+        return ipaddress.IPv6Interface(f"{self.tunnel_ip6.network_address + 1}/"
                                        f"{self.tunnel_ip6.prefixlen}")
 
     @property
@@ -156,6 +161,9 @@ class ServerSettings(CommonSettings):
     nat: bool = False
     nat_out: str | None = None
     routes: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: ``--clients FILE``: many clients, each with its own secret and tun<tunnel-id>
+    #: (ratbond.clients); None is the single client of ``--secret``/``--tunnel-id``.
+    clients: ClientsFile | None = None
 
 
 @dataclass(frozen=True)
@@ -172,6 +180,11 @@ class ClientSettings(CommonSettings):
     link_rates: Mapping[str, LinkRateMbps] = field(default_factory=_no_link_rates,
                                                   hash=False)
     rescan_interval: float = 15.0
+    #: --manage-policy-routing: keep one table + 'from <wan-ip>' rule per WAN while running
+    #: (tables policy_table_base.., rules at policy_pref; ratbond.linux.policy_keeper).
+    manage_policy_routing: bool = False
+    policy_table_base: int = POLICY_TABLE_BASE
+    policy_pref: int = POLICY_PREF
 
     @property
     def client_tun_name(self) -> str:
@@ -248,6 +261,9 @@ def load_toml(path: str) -> Options:
         raise ConfigError(f"--config: cannot read {path!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"--config: {path!r} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes before it parses
+        raise ConfigError(f"--config: {path!r} is not UTF-8 text (byte {exc.start} is "
+                          f"{exc.object[exc.start]:#04x}); TOML files are UTF-8") from None
     options = Options(file=path)
     written: dict[str, str] = {}  # canonical key -> the key as written in the file
     for raw, given in data.items():
@@ -395,7 +411,7 @@ def _tunnel_network(flag: str, value: object) -> ipaddress.IPv4Network:
                           f"({exc})") from None
     if net.prefixlen > 30:
         raise ConfigError(f"{flag}: {text!r} is too small; a /30 or a larger subnet holds the "
-                          "server (first host) and the client (second host)")
+                          "client (first host) and the server (second host)")
     return net
 
 
@@ -560,9 +576,10 @@ _COMMON_KEYS = {
     "nosyslog", "hello-interval", "dead-after", "kcp-engine", "kcp-window",
     "tune-sysctls",
 } | MQTT_KEYS
-_SERVER_ONLY = {"listen-addr", "nat", "nat-out", "route"}
+_SERVER_ONLY = {"listen-addr", "nat", "nat-out", "route", "clients"}
 _CLIENT_ONLY = {"connect-addr", "tun-name", "mux", "wan", "exclude-wan", "backup-wan",
-                "link-rate", "rescan-interval"}
+                "link-rate", "rescan-interval", "manage-policy-routing", "policy-table-base",
+                "policy-pref"}
 _SERVER_KEYS = _COMMON_KEYS | _SERVER_ONLY
 _CLIENT_KEYS = _COMMON_KEYS | _CLIENT_ONLY
 #: Every key a config file may hold, for the documentation and the tests.
@@ -704,11 +721,47 @@ def _lan_routes(flag: str, values: object, settings: Mapping[str, Any]
     return tuple(out)
 
 
+def _without(options: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    """``options`` less one key, keeping where the others came from."""
+    rest = {k: v for k, v in options.items() if k != key}
+    if isinstance(options, Options):
+        return Options(rest, options.labels, options.file)
+    return rest
+
+
+def _clients_file(options: Mapping[str, Any], name: Namer) -> ClientsFile | None:
+    """``--clients FILE``: read and checked now; refuses the single-client secret flags."""
+    path = options.get("clients")
+    if path is None:
+        return None
+    for rival in ("secret", "secret-file"):
+        if options.get(rival) is not None:
+            raise ConfigError(f"{name('clients')} and {name(rival)}: give one; with a "
+                              "clients file every client has its own secret there")
+    for per_client in ("tunnel-id", "tunnel-ip", "tunnel-ip6", "route"):
+        if options.get(per_client) not in (None, [], ()):
+            raise ConfigError(f"{name(per_client)}: not used with {name('clients')}; each "
+                              "client's entry there has its own tunnel-id, tunnel-ip, "
+                              "tunnel-ip6 and routes")
+    try:
+        return load_clients(_string(name("clients"), path))
+    except ClientsFileError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def server_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> ServerSettings:
     """Build server settings from merged file+flag options (keys are flag names)."""
     _check_keys(options, _SERVER_KEYS, "server")
     name = _namer(options)
-    kwargs = _common(options, env)
+    clients = _clients_file(options, name)
+    if clients is None:
+        kwargs = _common(options, env)
+    else:  # the secrets are the clients file's; --aes applies to all of them
+        aes = _bool(name("aes"), options.get("aes", False))
+        kwargs = _common(_without(options, "aes"), {k: v for k, v in env.items()
+                                                    if k != ENV_VAR})
+        kwargs.update(clients=clients, aes=aes,
+                      warnings=kwargs["warnings"] + clients.warnings)
     if "listen-addr" in options:
         kwargs["listen"] = parse_host_port(name("listen-addr"), options["listen-addr"],
                                            default_host="0.0.0.0")
@@ -753,4 +806,25 @@ def client_settings(options: Mapping[str, Any], env: Mapping[str, str]) -> Clien
     if "rescan-interval" in options:
         kwargs["rescan_interval"] = parse_duration(name("rescan-interval"),
                                                    options["rescan-interval"], 1, 3600)
+    kwargs.update(_policy_routing(options))
     return ClientSettings(**kwargs)
+
+
+def _policy_routing(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``--manage-policy-routing`` and the range it uses (the same as ``policy-routing``'s)."""
+    name = _namer(options)
+    out: dict[str, Any] = {}
+    out["manage_policy_routing"] = _bool(name("manage-policy-routing"),
+                                         options.get("manage-policy-routing", False))
+    if "policy-table-base" in options:
+        base = _int_in(name("policy-table-base"), options["policy-table-base"], 1,
+                       2**31 - _POLICY_TABLES)
+        if base <= 255 and base + _POLICY_TABLES > 253:
+            raise ConfigError(f"{name('policy-table-base')}: {base} makes tables {base}.."
+                              f"{base + _POLICY_TABLES - 1}, which cross the kernel's 253-255 "
+                              f"(default, main, local); use at most {253 - _POLICY_TABLES} or "
+                              "at least 256")
+        out["policy_table_base"] = base
+    if "policy-pref" in options:
+        out["policy_pref"] = _int_in(name("policy-pref"), options["policy-pref"], 1, 32765)
+    return out

@@ -1,5 +1,5 @@
-"""Deployment subcommands: ``ratbond policy-routing show|apply|remove`` and
-``ratbond check-config FILE``.
+"""Deployment subcommands: ``ratbond policy-routing show|apply|remove``,
+``ratbond check-config FILE`` and ``ratbond doctor client|server`` (:mod:`ratbond.doctor`).
 
 Parsers and handlers only; the work is done by :mod:`ratbond.linux.policy` and
 :mod:`ratbond.config`.  Exit codes: 0 done, 1 the kernel refused or a WAN is not ready
@@ -183,3 +183,6 @@ def add_deploy_parsers(sub: Any) -> None:
     """Register every deployment subcommand (called from :func:`ratbond.cli.build_parser`)."""
     add_policy_routing_parser(sub)
     add_check_config_parser(sub)
+    from ratbond.doctor import add_doctor_parser
+
+    add_doctor_parser(sub)

@@ -5,7 +5,7 @@ scheduler (``RATBOND_E2E_BALANCE=<mode>`` picks ``--balance-<mode>`` instead) an
 ``--aes`` (a secret file made for the test)::
 
     [client ns] wan1..wan3 ──[emu1..3: rate, delay]── [isp ns, SNAT] ── [server ns]
-       ratbond client, tun660 10.10.10.2                        ratbond server, tun660 10.10.10.1
+       ratbond client, tun660 10.10.10.1                        ratbond server, tun660 10.10.10.2
 
 The failover tests cut the link busiest with the test's traffic in two ways, one after
 the other: the emulator blackholes it (only liveness can tell), and while it is still

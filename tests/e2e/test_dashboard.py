@@ -80,7 +80,7 @@ class ScriptedRuntime:
             "role": "client", "version": "0.1.0", "uptime_s": elapsed, "session": "0000abcd",
             "server": "vps.example.net:12345", "balance": "adaptive",
             "channel": {"mode": "encrypted", "cipher": "chacha20-poly1305", "rekeys": 2},
-            "tunnel": {"device": "tun660", "address": "10.10.10.2/30", "mtu": 1391,
+            "tunnel": {"device": "tun660", "address": "10.10.10.1/30", "mtu": 1391,
                        "default_route": True},
             "counters": {"tun_rx_packets": int(1000 * elapsed)},
             "drops": {"auth_failed": 0, "replayed": 1},

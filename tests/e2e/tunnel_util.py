@@ -3,7 +3,7 @@
 Topology (see ``ratbond.lab.topology``)::
 
     [client ns] wan1..wanN ──(emulator or direct veth)── [isp ns, SNAT] ── [server ns]
-       ratbond client, tun660 10.10.10.2                  ratbond server, tun660 10.10.10.1
+       ratbond client, tun660 10.10.10.1                  ratbond server, tun660 10.10.10.2
 """
 
 from __future__ import annotations

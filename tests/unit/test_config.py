@@ -34,7 +34,7 @@ def test_original_server_command_line_is_accepted() -> None:
     assert s.balance == "roundrobin"
     assert s.http_listen == HostPort("0.0.0.0", 8091)
     assert s.log_level == "debug" and not s.syslog
-    assert s.server_tunnel_address == ipaddress.IPv4Interface("10.10.10.1/30")
+    assert s.server_tunnel_address == ipaddress.IPv4Interface("10.10.10.2/30")
 
 
 def test_original_client_command_line_is_accepted() -> None:
@@ -47,13 +47,15 @@ def test_original_client_command_line_is_accepted() -> None:
     assert c.balance == "consistent"
     assert c.http_listen is None
     assert c.log_level == "trace"
-    assert c.client_tunnel_address == ipaddress.IPv4Interface("10.10.10.2/30")
+    assert c.client_tunnel_address == ipaddress.IPv4Interface("10.10.10.1/30")
 
 
-def test_larger_tunnel_subnet_takes_first_and_second_host() -> None:
+def test_client_takes_the_first_host_and_the_server_the_second_like_the_original() -> None:
     c = client_settings({"connect-addr": "h:1", "tunnel-ip": "172.16.0.0/24"}, {})
-    assert str(c.server_tunnel_address) == "172.16.0.1/24"
-    assert str(c.client_tunnel_address) == "172.16.0.2/24"
+    assert str(c.client_tunnel_address) == "172.16.0.1/24"
+    assert str(c.server_tunnel_address) == "172.16.0.2/24"
+    assert str(c.client_tunnel_address6) == "fd00:7262:6f6e:6400::1/64"
+    assert str(c.server_tunnel_address6) == "fd00:7262:6f6e:6400::2/64"
 
 
 def test_defaults_are_safe() -> None:

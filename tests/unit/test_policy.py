@@ -174,7 +174,8 @@ def test_show_names_what_is_missing_with_the_fix() -> None:
     text = "\n".join(lines)
     assert "eth1 (up):" in text and "via 192.168.0.1" in text
     assert text.count("MISSING") == 2
-    assert lines[-1] == "fix: ratbond policy-routing apply --wan eth1 --wan eth2"
+    assert lines[-1] == ("fix: ratbond policy-routing apply --wan eth1 --wan eth2 (or run the "
+                         "client with --manage-policy-routing)")
     plan = plan_apply(["eth1", "eth2"], LINKS, ADDRS, MAIN, SYSTEM_RULES)
     routes, rules = kernel_after(plan.changes, MAIN, SYSTEM_RULES)
     after = "\n".join(describe(LINKS, ADDRS, routes, rules))

@@ -86,7 +86,7 @@ def test_wans_and_lans_from_snapshots() -> None:
         return AddrInfo(i, ipaddress.ip_address(ip), 24, v4)
 
     addrs = [addr(1, "127.0.0.1"), addr(2, "10.0.1.2"), addr(3, "192.168.1.1"),
-             addr(4, "10.10.10.2"), addr(5, "10.0.9.2")]
+             addr(4, "10.10.10.1"), addr(5, "10.0.9.2")]
     routes = [RouteInfo(100, 0, 2, "10.0.1.1", None, v4),   # a WAN: default in its own table
               RouteInfo(254, 0, 5, "10.0.9.1", None, v4),   # default in main only: not a LAN
               RouteInfo(254, 24, 3, None, None, v4)]
@@ -103,3 +103,39 @@ def test_ipv6_interface_keys_with_dots(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "net/ipv6/conf/eth0.7/accept_ra").write_text("1\n")
     sysctl.ensure("net.ipv6.conf.eth0.7.accept_ra", 2, why="test")
     assert (tmp_path / "net/ipv6/conf/eth0.7/accept_ra").read_text() == "2\n"
+
+
+def test_strict_rp_filter_on_the_servers_tun_warns_and_the_tun_alone_is_fixed() -> None:
+    tun = "net.ipv4.conf.tun660.rp_filter"
+    strict_tun = {**GOOD, tun: 1}
+    found = needs("server", strict_tun, tuns=["tun660"])
+    assert [n.command for n in found] == [f"sysctl -w {tun}=2"]
+    assert "--route" in found[0].why
+    # all=1 makes the TUN strict too; setting the TUN to 2 is enough (max(all, tun) = 2).
+    strict_all = {**GOOD, "net.ipv4.conf.all.rp_filter": 1, tun: 0}
+    found = needs("server", strict_all, tuns=["tun660"])
+    assert [n.command for n in found] == [f"sysctl -w {tun}=2"]
+    assert "all.rp_filter is 1" in found[0].warning()
+    assert needs("server", {**GOOD, tun: 2}, tuns=["tun660"]) == []
+    assert needs("server", {**GOOD, "net.ipv4.conf.all.rp_filter": 2, tun: 1},
+                 tuns=["tun660"]) == []
+    assert needs("client", strict_tun, tuns=["tun660"]) == []  # the client's TUN: no reason
+
+
+def test_tune_sysctls_loosens_the_servers_tun(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sysctl, "PROC_SYS", tmp_path)
+    for name in ("all", "default", "tun1", "tun2", "eth0"):
+        (tmp_path / f"net/ipv4/conf/{name}").mkdir(parents=True)
+        (tmp_path / f"net/ipv4/conf/{name}/rp_filter").write_text("1\n" if name != "all"
+                                                                 else "0\n")
+    assert sysctl.matching_interfaces("tun*") == ["tun1", "tun2"]
+    assert sysctl.matching_interfaces("eth0") == ["eth0"]
+    warned: list[str] = []
+    sysctl.at_start("server", tune=False, tun="tun*", warn=warned.append)
+    assert [w.split(" is ")[0] for w in warned if "rp_filter" in w] == \
+        ["net.ipv4.conf.tun1.rp_filter", "net.ipv4.conf.tun2.rp_filter"]
+    sysctl.at_start("server", tune=True, tun="tun*", warn=warned.append)
+    assert sysctl.read("net.ipv4.conf.tun1.rp_filter") == 2
+    assert sysctl.read("net.ipv4.conf.tun2.rp_filter") == 2
+    assert sysctl.read("net.ipv4.conf.eth0.rp_filter") == 1  # nothing else is touched

@@ -116,8 +116,8 @@ def test_include_and_exclude_globs(include: tuple[str, ...], exclude: tuple[str,
 def test_own_tun_is_ignored_even_with_a_default_route_in_its_own_table() -> None:
     table = WanTable(ignore_devices=["tun660"])
     table.replace_all([link(2, "wan1"), link(9, "tun660")],
-                      [addr(2, "10.1.0.2"), addr(9, "10.10.10.2", 30)],
-                      [default(101, 2), default(200, 9, "10.10.10.1")], now=0.0)
+                      [addr(2, "10.1.0.2"), addr(9, "10.10.10.1", 30)],
+                      [default(101, 2), default(200, 9, "10.10.10.2")], now=0.0)
     assert names(table) == ["wan1"]
 
 

@@ -21,10 +21,12 @@ from ratbond.lab.netns import Namespace, NetnsError, stop_process
 SERVER_PORT = 12345
 SERVER_STATUS_PORT = 8091
 CLIENT_STATUS_PORT = 8092
-SERVER_TUNNEL_IP = "10.10.10.1"
-CLIENT_TUNNEL_IP = "10.10.10.2"
-SERVER_TUNNEL_IP6 = "fd00:7262:6f6e:6400::1"
-CLIENT_TUNNEL_IP6 = "fd00:7262:6f6e:6400::2"
+# Default --tunnel-ip/--tunnel-ip6: the client takes the first host, the server the second
+# (the Go original's order).  Tests use these names, never the literals.
+CLIENT_TUNNEL_IP = "10.10.10.1"
+SERVER_TUNNEL_IP = "10.10.10.2"
+CLIENT_TUNNEL_IP6 = "fd00:7262:6f6e:6400::1"
+SERVER_TUNNEL_IP6 = "fd00:7262:6f6e:6400::2"
 
 _FETCH = ("import sys,urllib.request;"
           "sys.stdout.write(urllib.request.urlopen(sys.argv[1],timeout=3).read().decode())")

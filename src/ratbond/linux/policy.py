@@ -18,7 +18,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,8 +48,10 @@ __all__ = [
     "Route",
     "Rule",
     "describe",
+    "foreign_tables",
     "plan_apply",
     "plan_remove",
+    "plan_tables",
 ]
 
 #: Routing protocol number that marks a route as ratbond's (``ip route ... proto 98``).
@@ -125,6 +127,8 @@ class Plan:
     problems: list[str] = field(default_factory=list)
     #: WAN name -> (table, addresses) it was planned with, for the summary.
     wans: dict[str, tuple[int, list[str]]] = field(default_factory=dict)
+    #: WANs left out for now, and why (only :func:`plan_tables`: a running client waits).
+    waiting: list[str] = field(default_factory=list)
 
 
 def ip_command(action: str, item: Route | Rule, names: dict[int, str]) -> str:
@@ -217,31 +221,57 @@ def plan_apply(wans: Sequence[str], links: Sequence[LinkInfo], addresses: Sequen
 
     Running it again brings things up to date: what exists is kept, ratbond's own routes and
     rules that no longer match (an old DHCP address) are deleted.  A table in the range that
-    holds someone else's routes is never written to: that is a problem to report.
+    holds someone else's routes is never written to: that is a problem to report.  Any
+    problem means no change at all (``policy-routing apply`` is all or nothing).
     """
     plan = Plan()
-    _check_range(table_base, pref, plan)
     if len(set(wans)) != len(wans):
         plan.problems.append("a WAN is named twice")
     if len(wans) > MAX_WANS:
         plan.problems.append(f"at most {MAX_WANS} WANs")
+    assignment = {name: table_base + i for i, name in enumerate(wans)}
+    return _plan(assignment, links, addresses, routes, rules, plan=plan,
+                 table_base=table_base, pref=pref, tolerant=False)
+
+
+def plan_tables(assignment: Mapping[str, int], links: Sequence[LinkInfo],
+                addresses: Sequence[AddrInfo], routes: Sequence[Route], rules: Sequence[Rule],
+                *, table_base: int = DEFAULT_TABLE_BASE, pref: int = DEFAULT_PREF) -> Plan:
+    """Like :func:`plan_apply` for a running client (``--manage-policy-routing``): WAN name
+    -> table given, and a WAN that is not ready (no address or gateway yet, mid-DHCP) only
+    waits -- it is listed in :attr:`Plan.waiting`, its old routes and rules go, the others
+    are kept right.  Only a bad range is a problem that stops everything."""
+    return _plan(assignment, links, addresses, routes, rules, plan=Plan(),
+                 table_base=table_base, pref=pref, tolerant=True)
+
+
+def _plan(assignment: Mapping[str, int], links: Sequence[LinkInfo],
+          addresses: Sequence[AddrInfo], routes: Sequence[Route], rules: Sequence[Rule], *,
+          plan: Plan, table_base: int, pref: int, tolerant: bool) -> Plan:
+    _check_range(table_base, pref, plan)
     by_name = {link.name: link for link in links}
     want_routes: list[Route] = []
     want_rules: list[Rule] = []
     tables = set(range(table_base, table_base + MAX_WANS))
-    for i, name in enumerate(wans):
+    notes = plan.waiting if tolerant else plan.problems
+    for name, table in assignment.items():
         link = by_name.get(name)
-        table = table_base + i
+        if table not in tables:
+            plan.problems.append(f"{name}: table {table} is outside {table_base}.."
+                                 f"{table_base + MAX_WANS - 1}")
+            continue
         if link is None:
-            plan.problems.append(f"{name}: no such interface (see: ip -br link)")
+            notes.append(f"{name}: no such interface (see: ip -br link)")
             continue
         foreign = [r for r in routes if r.table == table and r.proto != RTPROT_RATBOND]
         if foreign:
-            plan.problems.append(f"table {table} (for {name}) already holds routes ratbond did "
-                                 f"not add (ip route show table {table}); pick another "
-                                 "--table-base")
+            notes.append(f"table {table} (for {name}) already holds routes ratbond did "
+                         f"not add (ip route show table {table}); pick another --table-base")
             continue
-        r, u = _desired(link, table, pref, addresses=addresses, routes=routes, plan=plan)
+        found = Plan()
+        r, u = _desired(link, table, pref, addresses=addresses, routes=routes, plan=found)
+        notes += found.problems  # a family without address or gateway gets nothing
+        plan.wans.update(found.wans)
         want_routes += r
         want_rules += u
     if plan.problems:
@@ -249,6 +279,12 @@ def plan_apply(wans: Sequence[str], links: Sequence[LinkInfo], addresses: Sequen
         return plan
     plan.changes = _changes(routes, rules, want_routes, want_rules, tables=tables, pref=pref)
     return plan
+
+
+def foreign_tables(routes: Sequence[Route], *, table_base: int = DEFAULT_TABLE_BASE) -> set[int]:
+    """Tables in ratbond's range that hold routes ratbond did not add (never to be used)."""
+    return {r.table for r in routes if table_base <= r.table < table_base + MAX_WANS
+            and r.proto != RTPROT_RATBOND}
 
 
 def _changes(routes: Sequence[Route], rules: Sequence[Rule], want_routes: Sequence[Route],
@@ -319,7 +355,8 @@ def describe(links: Sequence[LinkInfo], addresses: Sequence[AddrInfo], routes: S
         lines.append("no interface has a default route: configure the WANs first")
     if candidates:
         wan_flags = " ".join(f"--wan {n}" for n in candidates)
-        lines.append(f"fix: ratbond policy-routing apply {wan_flags}")
+        lines.append(f"fix: ratbond policy-routing apply {wan_flags} (or run the client "
+                     "with --manage-policy-routing)")
     ours = [r for r in routes if r.proto == RTPROT_RATBOND]
     if ours:
         lines.append(f"{len(ours)} route(s) added by ratbond (proto {RTPROT_RATBOND}): "

@@ -8,6 +8,8 @@
 * ``rp_filter`` on a client WAN: strict mode (1) drops a reply arriving on a WAN that is not
   the main table's route back to the sender, i.e. every WAN but one.  Loose mode (2) keeps
   the spoofing check.  The kernel uses the larger of ``all`` and the interface's value.
+* ``rp_filter`` on the server's TUN: strict mode drops every packet from a client-side LAN
+  that the server does not route back into that TUN (a LAN without ``--route``).
 
 :func:`needs` is pure (values in, findings out); :func:`check` reads ``/proc/sys`` and
 either sets what is off (``tune=True``, ``--tune-sysctls``) or returns one warning per
@@ -16,6 +18,7 @@ finding with the exact ``sysctl -w`` command.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +28,8 @@ from typing import Literal
 
 from ratbond.linux.wan import NON_WAN_TABLES, AddrInfo, LinkInfo, RouteInfo
 
-__all__ = ["SOCKET_BUFFER", "Need", "check", "ensure", "needs", "read", "write"]
+__all__ = ["SOCKET_BUFFER", "Need", "check", "ensure", "matching_interfaces", "needs", "read",
+           "write"]
 
 SOCKET_BUFFER = 4 << 20  # what ratbond's sockets ask for (4 MiB)
 PROC_SYS = Path("/proc/sys")
@@ -83,8 +87,9 @@ def ensure(key: str, value: int, *, why: str) -> None:
 
 
 def needs(role: Literal["client", "server"], values: Mapping[str, int | None], *,
-          wans: Sequence[str] = (), forwarding: bool = False) -> list[Need]:
-    """What is off, given the current ``values`` of the keys this returns."""
+          wans: Sequence[str] = (), forwarding: bool = False,
+          tuns: Sequence[str] = ()) -> list[Need]:
+    """What is off, given the current ``values`` of the keys :func:`keys_for` names."""
     out: list[Need] = []
     for key in ("net.core.rmem_max", "net.core.wmem_max"):
         current = values.get(key)
@@ -106,6 +111,25 @@ def needs(role: Literal["client", "server"], values: Mapping[str, int | None], *
             if values.get(key) == 1:
                 out.append(Need(key, 1, 2, f"strict reverse-path filtering on {wan} drops "
                                            "its replies unless main routes to it"))
+    if role == "server":
+        out += _tun_rp_filter(values, tuns)
+    return out
+
+
+def _tun_rp_filter(values: Mapping[str, int | None], tuns: Sequence[str]) -> list[Need]:
+    """Loose mode (2) on the server's TUN(s): setting the TUN's own value is enough, since
+    the kernel uses max(all, interface), and leaves every other interface alone."""
+    every = values.get("net.ipv4.conf.all.rp_filter") or 0
+    out = []
+    for tun in tuns:
+        key = f"net.ipv4.conf.{tun}.rp_filter"
+        own = values.get(key)
+        if own is None or max(every, own) != 1:
+            continue
+        via = " (net.ipv4.conf.all.rp_filter is 1)" if every == 1 and own != 1 else ""
+        out.append(Need(key, own, 2, f"strict reverse-path filtering on {tun}{via} drops "
+                                     "packets from a client-side LAN the server does not "
+                                     "route back into the tunnel (one without --route)"))
     return out
 
 
@@ -113,8 +137,10 @@ def at_start(role: Literal["client", "server"], *, tune: bool, forwarding: bool 
              tun: str | None = None, warn: Callable[[str], None]) -> None:
     """The start-up check of either end; never stops it.  On the client the WANs come from
     rtnetlink, and an address on any other interface (but ``tun`` and loopback) is taken as
-    a LAN routed through the tunnel, which needs forwarding."""
+    a LAN routed through the tunnel, which needs forwarding.  On the server ``tun`` (a name
+    or a glob like ``tun*``) names the TUN(s) whose rp_filter matters."""
     wans: list[str] = []
+    tuns = matching_interfaces(tun) if role == "server" and tun else []
     if role == "client":
         try:
             wans, lans = _wans_and_lans(tun)
@@ -122,8 +148,18 @@ def at_start(role: Literal["client", "server"], *, tune: bool, forwarding: bool 
             log.debug("sysctl check: cannot list interfaces: %s", exc)
         else:
             forwarding = forwarding or bool(lans)
-    for line in check(role, wans=wans, forwarding=forwarding, tune=tune):
+    for line in check(role, wans=wans, forwarding=forwarding, tune=tune, tuns=tuns):
         warn(line)
+
+
+def matching_interfaces(pattern: str) -> list[str]:
+    """Interfaces (by their ``/proc/sys/net/ipv4/conf`` entry) a name or glob matches."""
+    try:
+        names = [p.name for p in (PROC_SYS / "net/ipv4/conf").iterdir()]
+    except OSError:
+        return []
+    return sorted(n for n in names if n not in ("all", "default")
+                  and fnmatch.fnmatchcase(n, pattern))
 
 
 def _wans_and_lans(tun: str | None) -> tuple[list[str], list[str]]:
@@ -150,21 +186,22 @@ def wans_and_lans(links: Sequence[LinkInfo], addresses: Sequence[AddrInfo],
     return wans, lans
 
 
-def keys_for(role: Literal["client", "server"], wans: Sequence[str]) -> list[str]:
-    keys = ["net.core.rmem_max", "net.core.wmem_max", "net.ipv4.ip_forward"]
-    if role == "client":
-        keys += ["net.ipv4.conf.all.rp_filter"] + [f"net.ipv4.conf.{w}.rp_filter" for w in wans]
-    return keys
+def keys_for(role: Literal["client", "server"], wans: Sequence[str],
+             tuns: Sequence[str] = ()) -> list[str]:
+    keys = ["net.core.rmem_max", "net.core.wmem_max", "net.ipv4.ip_forward",
+            "net.ipv4.conf.all.rp_filter"]
+    names = wans if role == "client" else tuns
+    return keys + [f"net.ipv4.conf.{n}.rp_filter" for n in names]
 
 
 def check(role: Literal["client", "server"], *, wans: Sequence[str] = (),
-          forwarding: bool = False, tune: bool = False,
+          forwarding: bool = False, tune: bool = False, tuns: Sequence[str] = (),
           reader: Callable[[str], int | None] = read,
           writer: Callable[[str, int], None] = write) -> list[str]:
     """Warnings for what is off; with ``tune`` set it instead (a failed write still warns)."""
-    values = {key: reader(key) for key in keys_for(role, wans)}
+    values = {key: reader(key) for key in keys_for(role, wans, tuns)}
     warnings: list[str] = []
-    for need in needs(role, values, wans=wans, forwarding=forwarding):
+    for need in needs(role, values, wans=wans, forwarding=forwarding, tuns=tuns):
         if tune:
             try:
                 writer(need.key, need.wanted)

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 
 from ratbond import __version__, deploy_hooks
 from ratbond.bond import LinkRate
+from ratbond.bond.stats import BOND_COUNTERS
 from ratbond.config import TUN_MTU, ClientSettings
 from ratbond.connection import (
     Address,
@@ -41,6 +42,8 @@ from ratbond.connection import (
 )
 from ratbond.connection.client import REASON_SILENCE
 from ratbond.linux.netlink import Rtnl, WanMonitor
+from ratbond.linux.policy import PolicyRouting
+from ratbond.linux.policy_keeper import PolicyKeeper
 from ratbond.linux.routes import DefaultRouteManager, RouteConflictError
 from ratbond.linux.sockets import drain_datagrams, open_path_socket
 from ratbond.linux.tun import TunDevice
@@ -65,6 +68,9 @@ log = logging.getLogger("ratbond.client")
 #: Re-resolution of a server name that does not resolve: first retry, and the cap (s).
 RESOLVE_RETRY_FIRST = 1.0
 RESOLVE_RETRY_MAX = 30.0
+#: --manage-policy-routing waits this long after a netlink event before it re-plans, so a
+#: DHCP renewal (address, then routes) is one change, not several (s).
+POLICY_SETTLE = 0.2
 
 NO_WAN_MESSAGE = ("no WAN: no interface has a default route in a routing table other than "
                   "main (254); give each WAN link its own table and an 'ip rule from "
@@ -127,6 +133,8 @@ class ClientRuntime(Shell[ClientConnection]):
         self._resolve_failing_since: float | None = None
         self._resolving: asyncio.Task[None] | None = None
         self._no_wan_warned = False
+        self.keeper: PolicyKeeper | None = None
+        self._policy_due: float | None = None
         self.status = StatusServer(self.snapshot, token=status_token(settings))
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -139,6 +147,14 @@ class ClientRuntime(Shell[ClientConnection]):
         log.info("tunnel %s up with %s; server %s", self.tun.name, s.client_tunnel_address,
                  s.connect)
         self.rtnl = Rtnl()
+        if s.manage_policy_routing:
+            self.keeper = PolicyKeeper(PolicyRouting(self.rtnl), include=s.included_wans,
+                                       exclude=s.exclude_wans, ignore=[self.tun.name],
+                                       table_base=s.policy_table_base, pref=s.policy_pref)
+            result = self.keeper.sync()  # before the sysctl check and the first scan
+            log.info("policy routing managed: %s", ", ".join(
+                f"{name} table {table}" for name, table in sorted(result.tables.items()))
+                or "no WAN yet (no interface has a default route in main)")
         self.deployment = deploy_hooks.client_started(s)  # sysctls, systemd readiness
         gateways = [s.server_tunnel_address, s.server_tunnel_address6]
         self.routes = [DefaultRouteManager(self.rtnl, device=self.tun.name, gateway=str(g.ip))
@@ -172,6 +188,14 @@ class ClientRuntime(Shell[ClientConnection]):
         for manager in self.routes:
             with contextlib.suppress(OSError):
                 manager.ensure_absent()
+        if self.keeper is not None:
+            try:
+                removed = self.keeper.remove_added()
+                log.info("policy routing: removed the %d rule(s) and route(s) it added",
+                         len(removed))
+            except OSError as exc:
+                log.warning("policy routing: could not remove what it added (%s); run "
+                            "'ratbond policy-routing remove'", exc.strerror or exc)
         if self.rtnl is not None:
             self.rtnl.close()
         deploy_hooks.stopping(self.deployment)
@@ -194,16 +218,24 @@ class ClientRuntime(Shell[ClientConnection]):
     def _on_netlink(self) -> None:
         now = self._now()
         self.monitor.drain(now)
+        if self.keeper is not None and self._policy_due is None:
+            self._policy_due = now + POLICY_SETTLE
         self._handle_wan_events(now)
         self._after_work(now)
 
     def _shell_timer(self) -> float | None:
-        deadlines = [self._next_rescan, self.wan_table.get_timer(), self._resolve_at]
+        deadlines = [self._next_rescan, self.wan_table.get_timer(), self._resolve_at,
+                     self._policy_due]
         return min((d for d in deadlines if d is not None), default=None)
 
     def _shell_timer_work(self, now: float) -> None:
         self.wan_table.handle_timer(now)
+        if self._policy_due is not None and now >= self._policy_due:
+            self._policy_due = None
+            self._keep_policy_routing()
         if now >= self._next_rescan:
+            if self.keeper is not None:
+                self._keep_policy_routing()
             self.monitor.rescan(now)
             self._next_rescan = now + self.settings.rescan_interval
         self._handle_wan_events(now)
@@ -276,6 +308,18 @@ class ClientRuntime(Shell[ClientConnection]):
                                  "add" if present else "removal", exc)
         installed = any(manager.present for manager in self.routes)
         log.info("route via the tunnel %s", "added" if installed else "removed")
+
+    def _keep_policy_routing(self) -> None:
+        """Re-plan the per-WAN tables; the netlink events the changes cause reach the WAN
+        table like any other.  A refusal is retried at the next event or rescan."""
+        if self.keeper is None:
+            return
+        try:
+            self.keeper.sync()
+        except OSError as exc:
+            self.ratelog.log(logging.WARNING, "policy", "policy routing: the kernel refused a "
+                             "change (%s); retrying at the next change or rescan",
+                             exc.strerror or exc)
 
     # -- the server's address -------------------------------------------------------------
 
@@ -441,6 +485,8 @@ class ClientRuntime(Shell[ClientConnection]):
             drops.update({f"bond_{k}": v for k, v in snap.drops.items()})
         counters = self.counters.as_dict()
         counters.update({f"conn_{k}": v for k, v in conn.counters.as_dict().items()})
+        if snap is not None:
+            counters.update({f"bond_{k}": getattr(snap, k) for k in BOND_COUNTERS})
         tun = self.tun
         return {
             "role": "client",
