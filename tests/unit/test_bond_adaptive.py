@@ -326,3 +326,47 @@ def test_small_packets_are_not_dropped_while_a_bulk_flow_fills_the_queues(
     net.run_for(1.0)
     assert bond.snapshot().drops.get("queue_full", 0) >= 50
     assert [p for p in net.client.packets if p in set(small)] == small  # all, in order
+
+
+def test_a_path_gone_silent_drains_onto_the_others_long_before_it_is_declared_dead(
+    engine: EngineName,
+) -> None:
+    net = rated_pair(engine, {1: (2000.0, 0.02), 2: (2000.0, 0.03)}, balance="adaptive",
+                     dead_after=10.0)
+    sent = stream(net, net.client, 1.0)
+    net.blackhole(1)  # the lowest-delay path: it carries the stream
+    cut = len(sent)
+    sent += stream(net, net.client, 1.0, start=cut)
+    arrived = {ident(p)[1] for p in net.server.packets}
+    # Within a second of the cut, everything sent up to 0.3 s before now has arrived,
+    # though liveness has not given up on path 1 yet (dead_after 10 s): it was hedged.
+    assert set(range(len(sent) - 30)) <= arrived
+    client = net.client.bond.snapshot()
+    assert client.paths[1].state == "up"
+    assert client.hedged > 0
+    # Path 1 took no new DATA while silent; when it speaks again it carries traffic again.
+    on_path_1 = client.paths[1].tx_packets
+    net.blackhole(1, on=False)
+    sent += stream(net, net.client, 1.0, start=len(sent))
+    net.run_for(1.0)
+    assert net.client.bond.snapshot().paths[1].tx_packets > on_path_1
+    numbers = [ident(p)[1] for p in net.server.packets]
+    assert sorted(numbers) == list(range(len(sent)))  # complete, no duplicate delivered
+
+
+def test_what_was_hedged_is_not_sent_once_more_when_the_path_is_declared_dead(
+    engine: EngineName,
+) -> None:
+    net = rated_pair(engine, {1: (2000.0, 0.02), 2: (2000.0, 0.03)}, balance="adaptive",
+                     hello_interval=0.5, dead_after=2.0)
+    sent = stream(net, net.client, 1.0)
+    net.blackhole(1)
+    sent += stream(net, net.client, 3.0, start=len(sent))  # path 1 hedged, then declared dead
+    net.run_for(1.0)
+    client, server = net.client.bond.snapshot(), net.server.bond.snapshot()
+    assert client.paths[1].state != "up"
+    assert client.hedged > 0
+    assert client.resent == 0  # what was hedged did not go a third time at the death
+    # Copies: only the few delivered just before the cut whose ACKs the cut swallowed.
+    assert server.duplicates <= 5
+    assert sorted(ident(p)[1] for p in net.server.packets) == list(range(len(sent)))

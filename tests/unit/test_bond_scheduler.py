@@ -94,6 +94,7 @@ class FakeLane:
     rate: float  # segments/s
     rtt: float  # seconds
     window: int = 0
+    inflight: int = 0  # of ``queued``, segments already sent
     seconds_per_segment: float = 0.0
     half_rtt: float = 0.0
 
@@ -103,6 +104,9 @@ class FakeLane:
 
     def waitsnd(self) -> int:
         return self.queued
+
+    def unsent(self) -> int:
+        return self.queued - self.inflight
 
 
 def spray(lanes: list[FakeLane], packets: int) -> list[int]:
@@ -214,3 +218,18 @@ def test_adaptive_skips_full_paths_and_gives_up_when_all_are_full() -> None:
     scheduler.set_paths(lanes)
     assert scheduler.pick() is None
     assert AdaptiveScheduler[FakeLane]().pick() is None
+
+
+def test_the_reorder_budget_counts_what_waits_to_leave_not_what_is_in_flight() -> None:
+    # Both short lanes are full; the long lane has its pipe in flight (120 segments) and
+    # nothing waiting: a new packet on it arrives after 60 ms, 5 ms after one on the short
+    # lanes would -- well inside a 20 ms budget, though everything it holds takes 180 ms.
+    short = [FakeLane(100, 100, 4000.0, 0.100, inflight=80) for _ in range(2)]
+    long = FakeLane(120, 1000, 1000.0, 0.120, inflight=120)
+    scheduler: AdaptiveScheduler[FakeLane] = AdaptiveScheduler()
+    scheduler.set_paths([*short, long])
+    scheduler.budget = 0.020
+    assert scheduler.pick() is long
+    # Had those 120 segments still to leave, the packet would come 120 ms late: dropped.
+    long.inflight = 0
+    assert scheduler.pick() is None

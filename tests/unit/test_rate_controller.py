@@ -152,3 +152,21 @@ def test_recent_rate_is_exact_and_falls_to_zero_when_idle() -> None:
         meter.touch(total, step * 0.1)
     assert meter.rate_bps(total, 3.0) == pytest.approx(80_000, rel=0.05)
     assert meter.rate_bps(total, 3.0 + RECENT_RATE_WINDOW) == 0.0
+
+
+def test_a_probe_that_finds_far_more_room_goes_back_to_startup() -> None:
+    # Startup cut short by a loss burst at 1000/s on a link that carries 8000/s: probing at
+    # +25 % per cycle of eight rounds would take ~80 rounds; back in startup it doubles.
+    feed = controller()
+    feed.round(1000.0, queued=100, retransmits=100)  # 10 % resent: startup ends
+    assert phase(feed) is RatePhase.DRAIN
+    link = 8000.0
+    rounds = 0
+    while feed.rc.rate < 0.9 * link:
+        feed.round(min(feed.rc.pace_rate, link), queued=100, retransmits=100)
+        rounds += 1
+        assert rounds < 20, f"estimate {feed.rc.rate:.0f}/s after {rounds} rounds"
+    # A full link seen by a probe round (it delivers the link, not 1.25x) stays in probing.
+    for _ in range(3 * len(PROBE_CYCLE)):
+        feed.round(link, queued=100, retransmits=100)
+    assert phase(feed) is RatePhase.PROBE

@@ -188,6 +188,7 @@ class Bond:
         self._packets_out = 0
         self._copies = 0
         self._resent = 0
+        self._hedged = 0
         self._closed = False
         self._peer_closed = False
 
@@ -362,6 +363,12 @@ class Bond:
         if len(data) < KCP_HEADER:
             self._drop(Drop.SHORT_DATAGRAM)
             return
+        if len(data) > self._config.kcp_mtu:
+            # KCP never sends a datagram larger than its MTU (both ends use kcp_mtu): a
+            # bigger one is a broken or hostile peer, and accepting it would let the
+            # receive window hold rcv_wnd segments of up to 64 KiB each, per path.
+            self._drop(Drop.KCP_REJECTED)
+            return
         conv = _unpack_conv(data)[0]
         if conv != path.conv:
             if conv & 0xFFFF != path_id:
@@ -384,7 +391,9 @@ class Bond:
         recv = kcp.recv
         message = recv()
         while message is not None:
-            kind = message[0]
+            # An empty KCP message (a zero-length segment) is no bond message: it goes to
+            # _on_control, which counts it as EMPTY_MESSAGE.
+            kind = message[0] if message else 0
             if kind in _DATA_KINDS and len(message) > _DATA_HEADER_SIZE:
                 packet = message[_DATA_HEADER_SIZE:]
                 path.rx_packets += 1
@@ -463,6 +472,8 @@ class Bond:
             due = min(due, path.deadline())
             if not path.idle():
                 due = min(due, path.kcp_due(self._now, now_ms))
+                if self._sprays and path.up:
+                    due = min(due, path.hedge_deadline())
         reorder_due = self._reorder.deadline()
         if reorder_due is not None:
             due = min(due, reorder_due)
@@ -482,12 +493,8 @@ class Bond:
                 path.trim_acknowledged()
                 path.sample_rate(now)
             path.touch_meters(now)
-            if path.up:
-                reason = path.failure(now)
-                if reason is not None:
-                    self._take_down(path, reason, notify_peer=True)
-                    self._restart(path, path.epoch + 1, now)
-                    continue
+            if path.up and not self._keep_up(path, now):
+                continue
             if now >= path.next_hello and not path.parked:
                 if not path.up and path.waitsnd() > 0:
                     # The last probe is unanswered: once it had time to be answered, probe
@@ -611,6 +618,7 @@ class Bond:
             duplicates=self._dedup.duplicates + self._reorder.stats().duplicates,
             copies_sent=self._copies,
             resent=self._resent,
+            hedged=self._hedged,
         )
 
     # -- internals ---------------------------------------------------------------------
@@ -662,6 +670,41 @@ class Bond:
                 self._resent += 1
                 self._dirty.add(path.path_id)
 
+    def _keep_up(self, path: Path, now: float) -> bool:
+        """A live path's timer work: hedge what it holds back, take it down once it failed
+        (and start a fresh session on it); False when it went down."""
+        if self._sprays:
+            self._hedge(path, now)
+        reason = path.failure(now)
+        if reason is None:
+            return True
+        self._take_down(path, reason, notify_peer=True)
+        self._restart(path, path.epoch + 1, now)
+        return False
+
+    def _hedge(self, path: Path, now: float) -> None:
+        """Drain a path that went silent onto the other lanes, before it is declared dead.
+
+        Liveness takes ``dead_after`` (seconds) to give up on a path; a link that went
+        dark would hold everything it carries until then, and a TCP flow stalls behind
+        the gap.  After a few RTTs of silence (:meth:`Path.stuck`) what it holds goes
+        again, once each, where it arrives first; the peer drops whichever copy comes
+        second by ``seq``.  The path leaves the lanes until its ACKs resume.
+        """
+        was_stalled = path.ack_stalled
+        stuck = path.stuck(now)
+        if path.ack_stalled != was_stalled:
+            self._update_schedulers()
+        if not stuck:
+            return
+        for message in stuck:
+            other = self._adaptive.pick_any(exclude=path)
+            if other is None or other.ack_stalled:
+                return  # every lane is silent: nowhere better to send it
+            if other.send_data(message):
+                self._hedged += 1
+                self._dirty.add(other.path_id)
+
     def _bring_up(self, path: Path) -> None:
         path.enter(PathState.UP)
         self._update_live()
@@ -701,6 +744,10 @@ class Bond:
         live = [paths[pid] for pid in self._live if pid in paths]
         primaries = [path for path in live if not path.is_backup]
         lanes = tuple(primaries or live)
+        if self._sprays:
+            # A stalled lane (its ACKs stopped, see _hedge) takes no new DATA while
+            # another can: what it holds was hedged onto the others.
+            lanes = tuple(path for path in lanes if not path.ack_stalled) or lanes
         self._lanes = lanes
         capacity = self._capacities(lanes)
         self._applied_capacity = capacity

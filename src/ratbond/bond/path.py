@@ -120,6 +120,10 @@ DOWN_CLOSED: Final = "closed"
 _U32: Final = 0xFFFFFFFF
 _HALF_U32: Final = 1 << 31
 _DATA_KINDS: Final = frozenset({messages.DATA, messages.EXPRESS})
+#: A path with no cumulative ACK and nothing heard for this many smoothed RTTs (plus
+#: HEDGE_SLACK seconds, for KCP ticks and scheduling jitter) is stalled: hedged.
+STALL_RTTS: Final = 3.0
+HEDGE_SLACK: Final = 0.03
 #: The record of sent messages is compacted once this many at its head are acknowledged.
 COMPACT_AFTER: Final = 1024
 
@@ -176,6 +180,7 @@ class Path:
         "_output",
         "_paced_at",
         "_paced_span",
+        "ack_stalled",
         "backup",
         "busy_since",
         "clock_ms",
@@ -185,12 +190,15 @@ class Path:
         "down_reason",
         "epoch",
         "half_rtt",
+        "head_moved",
+        "hedged",
         "hello_rtt_ms",
         "kcp",
         "last_heard",
         "limit",
         "mss",
         "next_hello",
+        "outstanding_since",
         "pace_rate",
         "path_id",
         "payload_max",
@@ -282,6 +290,15 @@ class Path:
         self.sent_head = 0
         self.sent_base = 0
         self.single = True
+        # Hedging (see stuck()): messages before ``sent[hedged]`` were sent again on
+        # another path already; ``outstanding_since`` is when the oldest unacknowledged
+        # one became the oldest (None: nothing outstanding, or not looked at since);
+        # ``head_moved`` says the cumulative ACK advanced; an ``ack_stalled`` path (gone
+        # silent) takes no new DATA until its ACKs resume.
+        self.hedged = 0
+        self.outstanding_since: float | None = None
+        self.head_moved = False
+        self.ack_stalled = False
         self.mss = self.kcp.mss
         # When segments went in flight after none were (None: nothing in flight).
         self.busy_since: float | None = None
@@ -336,7 +353,11 @@ class Path:
         self.epoch = epoch
         self.peer_sent_ms = None
         self.next_hello = now
-        self.confirmed_at = now
+        if not (announce and self.state is PathState.UP):
+            # An UP path adopting the peer's newer session keeps its last proof of two-way
+            # reachability: a peer that hears nothing restarts its session every HELLO
+            # tick, and resetting here would keep the stall rule from ever firing.
+            self.confirmed_at = now
         self.session_start_ms = to_ms(now)
         self.two_way = False
         if not announce:
@@ -383,6 +404,11 @@ class Path:
             else:
                 self.rc.set_cap(self.send_cap_bps() / (_BITS_PER_BYTE * self._config.kcp_mtu))
                 self._sync_bounds()
+
+    def unsent(self) -> int:
+        """Segments handed to KCP and not sent yet (waiting beyond the in-flight window)."""
+        kcp = self.kcp
+        return kcp.waitsnd() - kcp.inflight
 
     @property
     def is_backup(self) -> bool:
@@ -477,20 +503,26 @@ class Path:
                     break
                 base = end
                 head += 1
+        if head != self.sent_head:
+            self.head_moved = True
         if head == count:
             sent.clear()  # keeps the list (and the bound ``remember``) the same object
             head = 0
             self.single = True
+            self.hedged = 0
         elif head >= COMPACT_AFTER and 2 * head >= count:
             del sent[:head]
+            self.hedged = max(0, self.hedged - head)
             head = 0
         self.sent_head = head
         self.sent_base = base
 
     def unacknowledged(self) -> list[bytes]:
-        """DATA messages that may not have reached the peer (a superset), oldest first."""
+        """DATA messages that may not have reached the peer (a superset), oldest first;
+        not those already hedged onto another path (that one now answers for them)."""
         self.trim_acknowledged()
-        return [m for m in self.sent[self.sent_head :] if m[0] in _DATA_KINDS]
+        start = max(self.sent_head, self.hedged)
+        return [m for m in self.sent[start:] if m[0] in _DATA_KINDS]
 
     def forget_sent(self) -> None:
         """Drop the record of sent messages (they were sent again elsewhere)."""
@@ -498,6 +530,59 @@ class Path:
         self.sent_head = 0
         self.sent_base = self.segments
         self.single = True
+        self.hedged = 0
+        self.outstanding_since = None
+        self.head_moved = False
+        self.ack_stalled = False
+
+    def stuck(self, now: float) -> list[bytes]:
+        """DATA to hedge now: everything a silent path holds, once each.
+
+        A path whose cumulative ACK has not moved, and on which nothing at all was heard,
+        for :data:`STALL_RTTS` smoothed RTTs (plus :data:`HEDGE_SLACK`) is ``ack_stalled``
+        (a link that went dark): what it holds is returned so that it drains onto the
+        other paths long before liveness gives up on this one (``dead_after``, seconds).
+        A path that is still heard only lost packets, which KCP repairs itself: hedging
+        those holes too was measured to cost more than it saves (see docs/design.md).
+        """
+        self.trim_acknowledged()
+        head = self.sent_head
+        count = len(self.sent)
+        if head >= count:
+            self.outstanding_since = None
+            self.head_moved = False
+            self.ack_stalled = False
+            return []
+        if self.head_moved or self.outstanding_since is None:
+            self.head_moved = False
+            self.outstanding_since = now
+            self.ack_stalled = False
+            return []
+        rtt = self.rc.srtt or self.rc.min_rtt
+        if not rtt or now < self._stall_at(self.outstanding_since, rtt):
+            return []
+        self.ack_stalled = True
+        start = max(self.hedged, head)
+        if start >= count:
+            return []
+        self.hedged = count
+        return [m for m in self.sent[start:count] if m[0] in _DATA_KINDS]
+
+    def hedge_deadline(self) -> float:
+        """When :meth:`stuck` may next return something (inf: nothing to wait for)."""
+        since = self.outstanding_since
+        rtt = self.rc.srtt or self.rc.min_rtt
+        if since is None or self.head_moved or not rtt:
+            return math.inf  # the next KCP tick looks again (a path in flight has one)
+        if self.ack_stalled and self.hedged >= len(self.sent):
+            return math.inf
+        return self._stall_at(since, rtt)
+
+    def _stall_at(self, since: float, rtt: float) -> float:
+        """When the path counts as stalled: no cumulative ACK and nothing heard at all for
+        STALL_RTTS (a path still heard lost packets: its holes are hedged one by one)."""
+        heard = self.last_heard if self.last_heard is not None else since
+        return max(since, heard) + STALL_RTTS * rtt + HEDGE_SLACK
 
     def idle(self) -> bool:
         """Nothing queued, in flight or owed: KCP's tick can wait for the next send."""

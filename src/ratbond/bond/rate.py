@@ -21,7 +21,10 @@ The estimate follows BBR's ideas, in KCP segments per second:
   at :data:`DRAIN_GAIN` follows.
 * **probing**: then the pacing gain cycles through :data:`PROBE_CYCLE`, one entry per
   round: a round at 1.25 shows any spare capacity (the higher sample always counts), the
-  next at 0.75 drains the queue it built.
+  next at 0.75 drains the queue it built.  A probing round that delivered
+  :data:`PROBE_RESTART_GROWTH` times the estimate or more goes back to startup: the
+  estimate was far below the link (a path that left startup early would otherwise take
+  seconds of +25 % cycles to reach it).
 * RTT: minimum (over :data:`MIN_RTT_WINDOW` seconds) and smoothed, from KCP's ``srtt``;
   a loss fraction (retransmitted / sent, smoothed per round).
 
@@ -57,6 +60,11 @@ STARTUP_RTT_SLACK: Final = 0.01
 DRAIN_GAIN: Final = 0.75
 #: Pacing gains of the steady state, one per round (probe up, drain, cruise).
 PROBE_CYCLE: Final = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+#: A probing round that delivered this many times the estimate found far more room than
+#: the estimate says (startup ended early: a loss burst, a retransmission storm while the
+#: machine was busy): back to startup's doubling instead of +25 % per probe cycle.  A full
+#: link delivers about 1.0 in a probing round (the extra 25 % only queues).
+PROBE_RESTART_GROWTH: Final = 1.15
 #: In-flight window in estimated bandwidth-delay products (a safety net: pacing is the
 #: primary control); startup's is larger so pacing, not the window, limits its growth.
 WINDOW_GAIN: Final = 1.5
@@ -237,9 +245,10 @@ class RateController:
             rate = min(rate, self._cap)
         if loaded:
             self.loaded_once = True
+        before = self.rate
         if rate > 0.0 and (rate > self.rate or loaded):
             self._accept(rate)
-        self._advance_phase(loaded, lost)
+        self._advance_phase(loaded, lost, rate / before if before > 0.0 else 1.0)
         self._update_bounds()
         return True
 
@@ -276,7 +285,7 @@ class RateController:
                 best = min(best, self._cap)
         self.rate = best
 
-    def _advance_phase(self, loaded: bool, lost: float) -> None:
+    def _advance_phase(self, loaded: bool, lost: float, growth: float) -> None:
         phase = self.phase
         if phase is RatePhase.STARTUP:
             queueing = self.srtt > self.min_rtt * STARTUP_RTT_GROWTH + STARTUP_RTT_SLACK
@@ -292,6 +301,11 @@ class RateController:
         elif phase is RatePhase.DRAIN:
             self.phase = RatePhase.PROBE
             self._cycle = len(PROBE_CYCLE) - 1  # cruise first, probe next
+        elif (PROBE_CYCLE[self._cycle] > 1.0 and loaded and growth >= PROBE_RESTART_GROWTH
+              and lost <= STARTUP_LOSS):
+            self.phase = RatePhase.STARTUP
+            self._grown_from = self.rate
+            self._full_rounds = 0
         else:
             self._cycle = (self._cycle + 1) % len(PROBE_CYCLE)
 

@@ -184,7 +184,7 @@ class ReorderBuffer:
         self._slots[index] = packet
         self._held += 1
         self._held_bytes += len(packet)
-        self._arrivals.append((seq, now))
+        self._note_arrival(seq, now)
         while self._held_bytes > self._max_bytes:
             self._released_by_bound += 1
             self._clock = None
@@ -243,7 +243,7 @@ class ReorderBuffer:
         self._deliver(packet)
         self._slots[index] = _PASSED
         self._held += 1
-        self._arrivals.append((seq, now))
+        self._note_arrival(seq, now)
 
     def deadline(self) -> float | None:
         """When the oldest held packet has waited ``timeout``; None when nothing waits."""
@@ -342,6 +342,15 @@ class ReorderBuffer:
         skipped[seq] = self._clock
         if len(skipped) > self._skipped_limit:
             del skipped[next(iter(skipped))]
+
+    def _note_arrival(self, seq: int, now: float) -> None:
+        """Record a held packet's arrival; records of departed packets are also dropped
+        here once they pile up, so memory stays bounded even when no one asks for the
+        deadline (the window moved on by the bound alone)."""
+        arrivals = self._arrivals
+        arrivals.append((seq, now))
+        if len(arrivals) > 2 * (self._mask + 1):
+            self._forget_departed()
 
     def _forget_departed(self) -> None:
         """Drop arrival records of packets no longer held (behind the expected seq)."""

@@ -94,7 +94,13 @@ class Lane(Protocol):
     seconds_per_segment: float
     half_rtt: float
 
-    def waitsnd(self) -> int: ...
+    def waitsnd(self) -> int:
+        """Segments the lane holds: in flight plus waiting to leave."""
+        ...
+
+    def unsent(self) -> int:
+        """Segments waiting to leave, not sent yet."""
+        ...
 
 
 LaneT = TypeVar("LaneT", bound=Lane)
@@ -164,15 +170,29 @@ class AdaptiveScheduler(Generic[LaneT]):
                 continue
             if due < best_due - TIE_SECONDS:
                 best, best_due = lane, due
-        if best_due > floor + self.budget:
+        if best is not None and best_due > floor + self.budget and self._too_late(best):
             return None
         return best
 
-    def pick_any(self) -> LaneT | None:
+    def _too_late(self, lane: LaneT) -> bool:
+        """Would a packet on ``lane`` reach the peer more than :attr:`budget` after one on
+        the lane where it would arrive first?  Judged by what still waits to leave each
+        lane: segments already in flight do not delay a new one (pacing sends at the
+        rate whatever is in flight), and counting them -- as lane choice does, to share
+        the load by what each lane holds -- would charge a long lane its whole RTT and
+        drop packets that would in fact arrive early."""
+        def arrival(candidate: LaneT) -> float:
+            return candidate.half_rtt + (candidate.unsent() + 1) * candidate.seconds_per_segment
+        first = min(arrival(other) for other in self._lanes)
+        return arrival(lane) > first + self.budget
+
+    def pick_any(self, *, exclude: LaneT | None = None) -> LaneT | None:
         """The lane where a packet arrives first, full or not (for DATA sent again)."""
         best: LaneT | None = None
         best_due = math.inf
         for lane in self._lanes:
+            if lane is exclude:
+                continue
             due = lane.half_rtt + (lane.waitsnd() + 1) * lane.seconds_per_segment
             if due < best_due:
                 best, best_due = lane, due

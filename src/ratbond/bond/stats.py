@@ -59,3 +59,8 @@ class BondSnapshot:
     duplicates: int = 0  # copies of an already delivered seq dropped (all modes)
     copies_sent: int = 0  # second copies sent (redundant balance, duplicate option)
     resent: int = 0  # DATA sent again after its path died
+    hedged: int = 0  # DATA sent again on another path while its own held it back
+
+
+#: BondSnapshot counters the runtimes publish in status (as ``bond_<name>``).
+BOND_COUNTERS: tuple[str, ...] = ("copies_sent", "duplicates", "resent", "hedged")

@@ -7,7 +7,8 @@ inside namespaces::
 
     python3 -m ratbond.lab.seqstream recv BIND PORT SECONDS
         prints READY once bound, then after SECONDS of silence or end of the stream one
-        JSON line: every sequence number received, in arrival order
+        JSON line: every sequence number received, in arrival order, and each arrival's
+        one-way delay in ms (the namespaces of one machine share its wall clock)
     python3 -m ratbond.lab.seqstream send HOST PORT SECONDS [--pps 50] [--ports 8]
         prints one JSON line: how many were sent
 
@@ -18,6 +19,7 @@ inside namespaces::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import socket
 import struct
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ratbond.lab.netns import Namespace, stop_process
@@ -87,10 +89,28 @@ def encode(seq: int, sent_at: float) -> bytes:
 
 def decode(datagram: bytes) -> int | None:
     """The sequence number of one of our datagrams; None for anything else."""
+    stamped = decode_stamped(datagram)
+    return None if stamped is None else stamped[0]
+
+
+def decode_stamped(datagram: bytes) -> tuple[int, float] | None:
+    """Sequence number and the sender's wall clock; None for anything else."""
     if len(datagram) < _HEADER.size:
         return None
-    magic, seq, _sent_at = _HEADER.unpack_from(datagram)
-    return int(seq) if magic == MAGIC else None
+    magic, seq, sent_at = _HEADER.unpack_from(datagram)
+    return (int(seq), float(sent_at)) if magic == MAGIC else None
+
+
+def first_delays(arrivals: Sequence[int], delays_ms: Sequence[float]) -> list[float]:
+    """One-way delays of the first arrival of each number (a later copy is not what the
+    application waited for)."""
+    seen: set[int] = set()
+    out = []
+    for seq, delay in zip(arrivals, delays_ms, strict=True):
+        if seq not in seen:
+            seen.add(seq)
+            out.append(delay)
+    return out
 
 
 # ----- the two ends (run inside namespaces) ------------------------------------------------
@@ -101,10 +121,12 @@ def _say_ready() -> None:
 
 
 def receive(bind: str, port: int, seconds: float,
-            on_ready: Callable[[], None] = _say_ready) -> list[int]:
+            on_ready: Callable[[], None] = _say_ready,
+            delays_ms: list[float] | None = None) -> list[int]:
     """Sequence numbers in arrival order, until the end marker (+ linger) or ``seconds``.
 
-    ``on_ready`` runs once the socket is bound (by default: ``READY`` on stdout).
+    ``on_ready`` runs once the socket is bound (by default: ``READY`` on stdout); each
+    arrival's one-way delay (ms) is appended to ``delays_ms`` when given.
     """
     family = socket.AF_INET6 if ":" in bind else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -119,14 +141,24 @@ def receive(bind: str, port: int, seconds: float,
                 data = sock.recv(65535)
             except TimeoutError:
                 break
-            seq = decode(data)
-            if seq is None:
+            stamped = decode_stamped(data)
+            if stamped is None:
                 continue
+            seq, sent_at = stamped
             if seq == END_SEQ:
                 deadline = min(deadline, time.monotonic() + LINGER_S)
                 continue
             arrivals.append(seq)
+            if delays_ms is not None:
+                delays_ms.append(round((time.time() - sent_at) * 1000.0, 3))
     return arrivals
+
+
+def _send_one(sock: socket.socket, datagram: bytes, to: tuple[str, int]) -> None:
+    """Send, or lose the datagram while there is no route (the tunnel is being restarted):
+    the receiver counts it as lost, as an application would see it."""
+    with contextlib.suppress(OSError):
+        sock.sendto(datagram, to)
 
 
 def send(host: str, port: int, seconds: float, pps: float, ports: int) -> int:
@@ -140,9 +172,9 @@ def send(host: str, port: int, seconds: float, pps: float, ports: int) -> int:
             wait = start + seq / pps - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-            socks[seq % ports].sendto(encode(seq, time.time()), (host, port))
+            _send_one(socks[seq % ports], encode(seq, time.time()), (host, port))
         for _ in range(END_COPIES):
-            socks[0].sendto(encode(END_SEQ, time.time()), (host, port))
+            _send_one(socks[0], encode(END_SEQ, time.time()), (host, port))
             time.sleep(0.05)
         return count
     finally:
@@ -165,7 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--ports", type=int, default=8)
     args = p.parse_args(argv)
     if args.mode == "recv":
-        print(json.dumps({"arrivals": receive(args.bind, args.port, args.seconds)}), flush=True)
+        delays: list[float] = []
+        arrivals = receive(args.bind, args.port, args.seconds, delays_ms=delays)
+        print(json.dumps({"arrivals": arrivals, "delays_ms": delays}), flush=True)
     else:
         print(json.dumps({"sent": send(args.host, args.port, args.seconds, args.pps,
                                        args.ports)}), flush=True)
@@ -196,6 +230,8 @@ class SeqStream:
     ports: int = 8
     started_at: float = 0.0  # time.monotonic() just before the sender started: number k
     #                          left about started_at + k / pps (+ the sender's start-up)
+    #: after finish(): the one-way delay (ms) of each number's first arrival
+    delays_ms: list[float] = field(default_factory=list)
     _receiver: subprocess.Popen[bytes] | None = None
     _sender: subprocess.Popen[bytes] | None = None
 
@@ -222,10 +258,12 @@ class SeqStream:
             raise SeqStreamError("the stream was not started")
         try:
             sent = _json_result(self._sender, self.seconds + 15)["sent"]
-            arrivals = _json_result(self._receiver, LINGER_S + 25)["arrivals"]
+            received = _json_result(self._receiver, LINGER_S + 25)
         finally:
             self.stop()
-        return tally(int(sent), [int(a) for a in arrivals], show=show)
+        arrivals = [int(a) for a in received["arrivals"]]
+        self.delays_ms = first_delays(arrivals, [float(d) for d in received["delays_ms"]])
+        return tally(int(sent), arrivals, show=show)
 
     def stop(self) -> None:
         for proc in (self._sender, self._receiver):
