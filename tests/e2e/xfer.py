@@ -3,7 +3,8 @@
     python3 xfer.py tcp-recv  HOST PORT                 # accept one connection, hash all bytes
     python3 xfer.py tcp-send  HOST PORT BYTES SEED [RATE]  # send BYTES pseudo-random bytes,
                                                         # paced to RATE bytes/s if given
-    python3 xfer.py tcp-serve HOST PORT BYTES SEED      # accept one connection and send to it
+    python3 xfer.py tcp-serve HOST PORT BYTES SEED [RATE]  # accept one connection and send
+                                                        # to it (paced like tcp-send)
     python3 xfer.py tcp-fetch HOST PORT                 # connect and hash all bytes received
     python3 xfer.py udp-recv  HOST PORT COUNT TIMEOUT   # check each datagram's own digest
     python3 xfer.py udp-send  HOST PORT COUNT SIZE
@@ -108,7 +109,7 @@ def main(argv: list[str]) -> int:
         server = listen(host, port, socket.SOCK_STREAM)
         conn, _ = server.accept()
         conn.settimeout(120)
-        result = send_all(conn, int(argv[3]), argv[4])
+        result = send_all(conn, int(argv[3]), argv[4], float(argv[5]) if len(argv) > 5 else 0.0)
     elif mode == "tcp-fetch":
         result = recv_all(connect(host, port))
     elif mode == "udp-recv":

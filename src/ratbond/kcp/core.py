@@ -407,7 +407,9 @@ class KCP:
                 return None
             parts = []
             popleft = queue.popleft
-            while True:
+            # A run whose fragment numbers never reach 0 (a broken or hostile peer) ends at
+            # the queue's end, as in ikcp, instead of popping an empty queue.
+            while queue:
                 frg, chunk = popleft()
                 parts.append(chunk)
                 if frg == 0:
@@ -493,7 +495,10 @@ class KCP:
             if cmd == CMD_PUSH:
                 rcv_nxt = self._rcv_nxt
                 sn_full = rcv_nxt + (((sn - rcv_nxt) + _HALF) & _U32) - _HALF
-                if sn_full < rcv_nxt + rcv_wnd:
+                # ikcp's test, _itimediff(sn, rcv_nxt + rcv_wnd) < 0, pivots on the window's
+                # end, not on rcv_nxt: a sn about 2**31 behind is not acked (found by the
+                # lock-step fuzzer, fuzz/fuzz_kcp_c.py).
+                if ((sn - rcv_nxt - rcv_wnd) & _U32) >= _HALF:
                     push_ack((sn, ts))
                     if sn_full >= rcv_nxt:
                         payload = bytes(data[offset : offset + length])

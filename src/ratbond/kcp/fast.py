@@ -5,6 +5,9 @@ Same wire format and semantics as :mod:`ratbond.kcp.core`; only the speed differ
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
+
 import siokcp
 
 from ratbond.kcp import Output
@@ -14,17 +17,16 @@ from ratbond.kcp.core import validate_datagram
 class FastKCP:
     """Thin adapter: ikcp's names and return codes, Python types."""
 
-    __slots__ = ("_conv", "_kcp", "_output")
+    __slots__ = ("__weakref__", "_conv", "_kcp", "_output")
 
     def __init__(self, conv: int, output: Output) -> None:
         self._conv = conv
         self._output = output
-        # siokcp expects the callback to return an int; ours may return anything.
-        self._kcp = siokcp.KCPConnection(conv, self._emit, _ignore_log)
-
-    def _emit(self, data: bytes) -> int:
-        self._output(data)
-        return 0
+        # The C object holds its callback, and is invisible to Python's cycle collector: a
+        # callback holding this adapter (a bound method, or ``output``, which leads back
+        # here through the bond's path) would make a cycle that is never freed -- every
+        # session ever made, with its ikcp buffers, leaked.  It gets a weak reference.
+        self._kcp = siokcp.KCPConnection(conv, _emitter(weakref.ref(self)), _ignore_log)
 
     @property
     def conv(self) -> int:
@@ -128,6 +130,17 @@ class FastKCP:
 
     def set_min_rto(self, ms: int) -> None:
         self._kcp.rx_minrto = ms
+
+
+def _emitter(adapter: weakref.ref[FastKCP]) -> Callable[[bytes], int]:
+    """ikcp's output hook for ``adapter`` (siokcp expects an int back; ``output`` may return
+    anything)."""
+    def emit(data: bytes) -> int:
+        target = adapter()
+        if target is not None:
+            target._output(data)
+        return 0
+    return emit
 
 
 def _ignore_log(_line: str) -> None:

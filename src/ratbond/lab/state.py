@@ -42,6 +42,8 @@ class LabState:
     phase: str = "building"
     emulators: dict[str, dict[str, Any]] = field(default_factory=dict)
     owner_pid: int = field(default_factory=os.getpid)
+    #: IPv6 on the WAN side too (WAN links, ISP and server dual-stack); see Lab.up(ipv6=).
+    ipv6: bool = False
 
     @property
     def path(self) -> Path:

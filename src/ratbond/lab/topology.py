@@ -11,6 +11,15 @@
   server: default via 198.18.0.1
 ```
 
+With ``Lab.up(links, ipv6=True)`` every WAN-side link is dual-stack as well (the default
+lab disables nothing but leaves IPv6 unconfigured outside the tunnel)::
+
+  client: wan<i> fd01:201:i::2/64, table 100+i = {fd01:201:i::/64, default via
+          fd01:201:i::1 src fd01:201:i::2}; rule 10000: from fd01:201:i::2 lookup 100+i
+  isp:    isp<i> fd01:201:i::1/64, isp0 fd02::1/64 (+ fd02::<10+i>); IPv6 forwarding;
+          SNAT fd01:201:i::/64 out of isp0 -> fd02::<10+i>
+  server: srv0 fd02::100/64, default via fd02::1
+
 The client side is exactly the "Regular Linux" policy-routing example of the original
 README, so WAN discovery and per-link sockets meet what they meet on a real router; the
 server sees every link as its own public address. A "direct" link is a plain veth from
@@ -39,11 +48,13 @@ from ratbond.lab.state import LabError, LabState, check_name, load_state
 
 SERVER_PUBLIC_IP = "198.18.0.100"
 ISP_SERVER_SIDE_IP = "198.18.0.1"
+SERVER_PUBLIC_IP6 = "fd02::100"
+ISP_SERVER_SIDE_IP6 = "fd02::1"
 RULE_PREF = 10000
 OFFLOADS_OFF = ("tx", "off", "gso", "off", "tso", "off", "gro", "off")
 BUILD_TIMEOUT = 15.0
 
-__all__ = ["SERVER_PUBLIC_IP", "Lab", "LabError", "LinkControl", "LinkSpec"]
+__all__ = ["SERVER_PUBLIC_IP", "SERVER_PUBLIC_IP6", "Lab", "LabError", "LinkControl", "LinkSpec"]
 
 
 def wan_address(i: int) -> str:
@@ -57,6 +68,19 @@ def isp_address(i: int) -> str:
 def public_address(i: int) -> str:
     """The address the ISP SNATs link ``i`` to: what the server sees as its source."""
     return f"198.18.0.{10 + i}"
+
+
+def wan_address6(i: int) -> str:
+    return f"fd01:201:{i}::2"
+
+
+def isp_address6(i: int) -> str:
+    return f"fd01:201:{i}::1"
+
+
+def public_address6(i: int) -> str:
+    """The IPv6 address the ISP SNATs link ``i`` to (``ipv6=True`` labs)."""
+    return f"fd02::{10 + i}"
 
 
 def table_id(i: int) -> int:
@@ -132,6 +156,9 @@ class Lab:
         self.prefix = state.prefix
         self.links = [LinkSpec.from_dict(d) for d in state.links]
         self.server_public_ip = SERVER_PUBLIC_IP
+        self.ipv6 = state.ipv6
+        #: The server's WAN-side IPv6 address, in an ``ipv6=True`` lab only.
+        self.server_public_ip6 = SERVER_PUBLIC_IP6 if state.ipv6 else None
         self.wan_names = [f"wan{i}" for i in range(1, len(self.links) + 1)]
         self.client = Namespace(self.prefix + "client")
         self.isp = Namespace(self.prefix + "isp")
@@ -142,9 +169,11 @@ class Lab:
     # ----- lifecycle -------------------------------------------------------------------
 
     @classmethod
-    def up(cls, links: Sequence[LinkSpec], *, name: str | None = None) -> Lab:
+    def up(cls, links: Sequence[LinkSpec], *, name: str | None = None,
+           ipv6: bool = False) -> Lab:
         """Build everything and start the emulators; on any failure (or Ctrl-C) nothing is
-        left behind and the exception propagates."""
+        left behind and the exception propagates.  ``ipv6``: the WAN side is dual-stack
+        (IPv6 WAN addresses, tables and rules, ISP and server), for IPv6 outer transport."""
         if not links:
             raise LabError("a lab needs at least one link")
         if os.geteuid() != 0:
@@ -152,7 +181,8 @@ class Lab:
         prefix = unique_prefix()
         name = check_name(name or prefix.rstrip("-"))
         _refuse_existing(name)
-        lab = cls(LabState(name=name, prefix=prefix, links=[s.to_dict() for s in links]))
+        lab = cls(LabState(name=name, prefix=prefix, links=[s.to_dict() for s in links],
+                           ipv6=ipv6))
         try:
             lab.state.save()
             lab.state.workdir.mkdir(mode=0o700, exist_ok=True)
@@ -286,6 +316,8 @@ class Lab:
         isp.run("nft", "-f", "-", input_bytes=self._nft_ruleset().encode())
         _batch(client, [cmd for i in range(1, len(self.links) + 1)
                         for cmd in _policy_routing(i)])
+        if self.ipv6:
+            self._build_ipv6(client, isp, server)
         for i, spec in self._emulated():
             self._start_emulator(i, spec)
         deadline = time.monotonic() + BUILD_TIMEOUT
@@ -312,6 +344,21 @@ class Lab:
                                    (isp, f"isp{i}")):
                 namespace.run("ethtool", "-K", dev, *OFFLOADS_OFF)
         _batch(isp, [f"link set isp{i} up", f"addr add {isp_address(i)}/24 dev isp{i}"])
+
+    def _build_ipv6(self, client: Namespace, isp: Namespace, server: Namespace) -> None:
+        """The IPv6 half of a dual-stack WAN side (``nodad``: usable at once)."""
+        count = len(self.links)
+        _sysctl(isp, "net.ipv6.conf.all.forwarding=1")
+        _batch(isp, [f"addr add {isp_address6(i)}/64 dev isp{i} nodad"
+                     for i in range(1, count + 1)]
+               + [f"addr add {ISP_SERVER_SIDE_IP6}/64 dev isp0 nodad"]
+               + [f"addr add {public_address6(i)}/64 dev isp0 nodad"
+                  for i in range(1, count + 1)], ipv6=True)
+        _batch(server, [f"addr add {SERVER_PUBLIC_IP6}/64 dev srv0 nodad",
+                        f"route add ::/0 via {ISP_SERVER_SIDE_IP6} dev srv0"], ipv6=True)
+        isp.run("nft", "-f", "-", input_bytes=_nft_ruleset6(count).encode())
+        _batch(client, [cmd for i in range(1, count + 1) for cmd in _policy_routing6(i)],
+               ipv6=True)
 
     def _nft_ruleset(self) -> str:
         rules = "\n".join(
@@ -349,9 +396,29 @@ def _policy_routing(i: int) -> list[str]:
             f"rule add from {wan_address(i)} lookup {table} pref {RULE_PREF}"]
 
 
-def _batch(ns: Namespace, commands: Sequence[str]) -> None:
+def _policy_routing6(i: int) -> list[str]:
+    """The same layout for WAN ``i``'s IPv6 address, in the same table."""
+    wan, table = f"wan{i}", table_id(i)
+    return [f"addr add {wan_address6(i)}/64 dev {wan} noprefixroute nodad",
+            f"route add fd01:201:{i}::/64 dev {wan} proto static table {table}",
+            f"route add ::/0 via {isp_address6(i)} dev {wan} proto static "
+            f"src {wan_address6(i)} table {table}",
+            f"rule add from {wan_address6(i)} lookup {table} pref {RULE_PREF}"]
+
+
+def _nft_ruleset6(count: int) -> str:
+    rules = "\n".join(
+        f"    oifname \"isp0\" ip6 saddr fd01:201:{i}::/64 snat to {public_address6(i)}"
+        for i in range(1, count + 1))
+    return ("table ip6 ratbond_lab6 {\n  chain postrouting {\n"
+            "    type nat hook postrouting priority srcnat; policy accept;\n"
+            f"{rules}\n  }}\n}}\n")
+
+
+def _batch(ns: Namespace, commands: Sequence[str], *, ipv6: bool = False) -> None:
     """Many ``ip`` commands in one process (``ip -batch``); fails on the first error."""
-    ns.run("ip", "-batch", "-", input_bytes=("\n".join(commands) + "\n").encode())
+    family = ["-6"] if ipv6 else []
+    ns.run("ip", *family, "-batch", "-", input_bytes=("\n".join(commands) + "\n").encode())
 
 
 def _sysctl(ns: Namespace, *settings: str) -> None:

@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ratbond.bond import BondConfig, BondSnapshot
-from ratbond.config import KCP_MTU, CommonSettings, read_token
+from ratbond.config import KCP_MTU, CommonSettings, ConfigError, read_token
 from ratbond.connection import ConnectionConfig
-from ratbond.crypto import ChannelConfig
+from ratbond.crypto import DEFAULT_LIMITS, ChannelConfig, Limits
 from ratbond.wire import pack_tunnel_info
 
 # Datagrams or packets handled per fd callback before yielding to the loop: big enough to
@@ -42,9 +44,31 @@ def channel_config(settings: CommonSettings) -> ChannelConfig:
         tunnel_info=pack_tunnel_info(settings.tunnel_ip, settings.tunnel_ip6))
 
 
+#: Test-only: seconds between rekeys (default 120 s; keys are refused 60 s after that). The
+#: soak and the rekey tests set it to see many rekeys in a short run; not a user setting.
+REKEY_ENV = "RATBOND_TEST_REKEY_AFTER"
+
+
+def channel_limits(environ: Mapping[str, str] | None = None) -> Limits:
+    """The channel's limits: the defaults, unless ``RATBOND_TEST_REKEY_AFTER`` shortens the
+    rekey interval (a bad value stops the start with a message naming it)."""
+    raw = (os.environ if environ is None else environ).get(REKEY_ENV)
+    if raw is None or raw == "":
+        return DEFAULT_LIMITS
+    try:
+        after = float(raw)
+    except ValueError:
+        after = -1.0
+    if not 1.0 <= after <= DEFAULT_LIMITS.rekey_after_time:
+        raise ConfigError(f"{REKEY_ENV}={raw!r}: need seconds between 1 and "
+                         f"{DEFAULT_LIMITS.rekey_after_time:g}")
+    return dataclasses.replace(DEFAULT_LIMITS, rekey_after_time=after,
+                               reject_after_time=after + 60.0)
+
+
 def connection_config(settings: CommonSettings) -> ConnectionConfig:
     """Everything one end's connection object needs from the validated settings."""
-    return ConnectionConfig(channel_config(settings), bond_config(settings))
+    return ConnectionConfig(channel_config(settings), bond_config(settings), channel_limits())
 
 
 def channel_summary(settings: CommonSettings) -> dict[str, object]:
