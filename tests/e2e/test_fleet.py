@@ -5,7 +5,8 @@
    broker leaves the tunnel passing traffic (ping), publishing resumes when it returns.
 2. A router in ``connectaggregator`` mode gets its settings signed by ``ratbond fleet``
    from a settings directory and its tunnel comes up; a new version restarts it with the
-   new settings.
+   new settings.  The controller's ``/fleet.json`` and ``/metrics`` show the router and its
+   client online, then offline once the router stops.
 3. Forged settings (unsigned, signed by another key) are refused: no client is started.
    Runs on loopback, without root.
 
@@ -171,6 +172,24 @@ def topic_is(topic: str) -> Callable[[dict[str, Any]], bool]:
     return lambda m: bool(m["topic"] == topic)
 
 
+FLEET_HTTP_PORT = 8093
+_GET = """
+import sys, urllib.request
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
+"""
+
+
+def fleet_get(ns: Namespace, path: str) -> str:
+    """GET from the fleet controller's page in its namespace."""
+    return ns.output(sys.executable, "-c", _GET, f"http://127.0.0.1:{FLEET_HTTP_PORT}{path}",
+                     timeout=10)
+
+
+def fleet_members(ns: Namespace) -> dict[str, dict[str, Any]]:
+    doc = json.loads(fleet_get(ns, "/fleet.json"))
+    return {f"{m['role']}/{m['name']}": m for m in doc["members"]}
+
+
 def management_route(ns: Namespace, server_ip: str) -> None:
     """A /32 to the broker via wan1, in main: how the router reaches its fleet."""
     ns.run("ip", "route", "replace", f"{server_ip}/32", "via", isp_address(1), "dev", "wan1",
@@ -287,6 +306,7 @@ def test_a_router_in_connectaggregator_mode_gets_signed_settings_and_comes_up(
     fleet = _popen(built.server, sys.executable, "-m", "ratbond", "fleet",
                    f"--mqtt-broker-addr=127.0.0.1:{BROKER_PORT}", "--mqtt-name=ctl",
                    f"--settings-dir={settings_dir}", f"--key={private}", "--nosyslog",
+                   f"--http-listen-addr=127.0.0.1:{FLEET_HTTP_PORT}",
                    log=tmp_path / "fleet.log")
     cleanup.append(lambda: stop_process(fleet))
     aggregator = _popen(built.client, sys.executable, "-m", "ratbond", "connectaggregator",
@@ -322,6 +342,42 @@ def test_a_router_in_connectaggregator_mode_gets_signed_settings_and_comes_up(
                          and json_of(m)["settings_version"] == 2, 10, "hello with v2")
     assert json_of(hello)["client"]["starts"] == 2
     assert aggregator.poll() is None and fleet.poll() is None, logs()
+
+    # The controller's page: the router and its client, online, with the paths and version.
+    started = time.monotonic()
+    seen: dict[str, dict[str, Any]] = {}
+
+    def shown(**want: object) -> Callable[[], bool]:
+        def check() -> bool:
+            seen.clear()
+            seen.update(fleet_members(built.server))
+            router, client = seen.get("router/lab-r1", {}), seen.get("client/lab-r1", {})
+            return all(router.get(k) == v for k, v in want.items()) and \
+                client.get("mqtt") == want["mqtt"]
+        return check
+    try:
+        wait_until(shown(mqtt="online", settings_version=2, client_running=True), 10,
+                   interval=0.5, what="router and client online on /fleet.json")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {seen}\n{logs()}") from None
+    assert seen["client/lab-r1"]["paths_known"] == 2 and not seen["router/lab-r1"]["attention"]
+    metrics = fleet_get(built.server, "/metrics")
+    assert 'ratbond_fleet_member_up{name="lab-r1",role="router"} 1.0' in metrics
+    assert 'ratbond_fleet_paths_known{name="lab-r1",role="client"} 2.0' in metrics
+    assert "lab-r1" in fleet_get(built.server, "/fleet.txt")
+
+    # The router stops: its clean "offline" (and its client's) reaches the page.
+    stop_process(aggregator, timeout=15)
+    try:
+        wait_until(shown(mqtt="offline"), 10, interval=0.5, what="router offline on the page")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {seen}\n{logs()}") from None
+    assert seen["router/lab-r1"]["attention"] and seen["client/lab-r1"]["attention"]
+    metrics = fleet_get(built.server, "/metrics")
+    assert 'ratbond_fleet_member_up{name="lab-r1",role="router"} 0.0' in metrics
+    assert 'ratbond_fleet_member_up{name="lab-r1",role="client"} 0.0' in metrics
+    print(f"fleet page checks took {time.monotonic() - started:.1f} s")
+    assert fleet.poll() is None, logs()
     assert "Traceback" not in logs()
 
 

@@ -12,6 +12,8 @@ from ratbond.config import ConfigError, parse_duration
 from ratbond.mqtt.options import MqttSettings, add_mqtt_flags, check_name, mqtt_settings
 
 DEFAULT_STATE_DIR = "/run/ratbond-aggregator"
+#: The fleet page's default: loopback, next to the status pages' 8091/8092.
+DEFAULT_FLEET_HTTP = "127.0.0.1:8093"
 
 
 def _mqtt(args: argparse.Namespace, name: str | None = None) -> MqttSettings:
@@ -78,12 +80,40 @@ def _run_fleet(args: argparse.Namespace) -> int:
     except KeyFileError as exc:
         raise ConfigError(f"--key: {exc}") from None
     validity = parse_duration("--validity", args.validity, 60, 366 * 86400)
+    http, token = _fleet_http(args)
     _logging(args, "ratbond-fleet")
     stopping = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda _s, _f: stopping.set())
     return run_fleet(mqtt, key, settings_dir, watch=args.watch, validity=validity,
-                     stopping=stopping)
+                     stopping=stopping, http=http, http_token=token)
+
+
+def _fleet_http(args: argparse.Namespace) -> tuple[tuple[str, int] | None, str | None]:
+    """``--http-listen-addr`` (or ``disable``) and ``--http-token-file``, as the status
+    page's: the token file is read now, so a typo stops the start."""
+    from ratbond.config import parse_host_port
+    from ratbond.crypto.secret import permission_warning
+    from ratbond.status.server import TokenError, load_token
+
+    text = str(args.http_listen_addr).strip()
+    if text.lower() in ("disable", "disabled", "off", ""):
+        if args.http_token_file is not None:
+            raise ConfigError("--http-token-file: given, but --http-listen-addr is "
+                              f"{args.http_listen_addr!r} (the page is off)")
+        return None, None
+    address = parse_host_port("--http-listen-addr", text, default_host="127.0.0.1",
+                              example_port=8093, example_host="127.0.0.1")
+    token = None
+    if args.http_token_file is not None:
+        try:
+            token = load_token(Path(args.http_token_file))
+        except TokenError as exc:
+            raise ConfigError(f"--http-token-file: {exc}") from None
+        warning = permission_warning(args.http_token_file, "--http-token-file")
+        if warning:
+            print(f"ratbond: warning: {warning}", file=sys.stderr)
+    return (address.host, address.port), token
 
 
 def _run_fleet_genkey(args: argparse.Namespace) -> int:
@@ -138,6 +168,12 @@ def add_fleet_parsers(sub: Any) -> None:
                    help="one <router-id>.toml per router (the client's config-file keys)")
     f.add_argument("--key", metavar="PRIV", default=None, help="the fleet's private key")
     f.add_argument("--watch", action="store_true", help="draw the fleet table every 2 s")
+    f.add_argument("--http-listen-addr", metavar="HOST:PORT", default=DEFAULT_FLEET_HTTP,
+                   help=f"the fleet page, /fleet.json, /fleet.txt and /metrics (default "
+                        f"{DEFAULT_FLEET_HTTP}; 'disable' turns it off)")
+    f.add_argument("--http-token-file", metavar="FILE", default=None,
+                   help="require the bearer token in FILE on every endpoint (as the status "
+                        "page's flag)")
     f.add_argument("--validity", metavar="DURATION", default=str(30 * 86400),
                    help="how long a signed document stays valid (default 30 days; re-signed "
                         "at half of it)")

@@ -5,7 +5,8 @@ with :mod:`ratbond.config`'s loaders before anything is signed, and are publishe
 on ``ratbond/router/<id>/settings``.  A changed file gets the next version number (kept in
 ``DIR/.fleet-state.json``, so versions only grow across restarts); every document is
 re-signed with a fresh expiry when half its validity has passed.  The view listens to every
-end's status, state and hello topics and draws one table row per end (``--watch``).
+end's status, state and hello topics and draws one table row per end (``--watch``); the same
+rows are the page, ``/fleet.json`` and ``/metrics`` of :mod:`ratbond.mqtt.fleet_http`.
 """
 
 from __future__ import annotations
@@ -182,20 +183,106 @@ def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _rate(value: object) -> str:
-    rate = _float(value)
-    return "-" if rate is None else f"{rate * 8 / 1e6:.2f}"
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _ago(now: float, then: float | None) -> str:
-    if then is None:
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value * 8 / 1e6:.2f}"
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
         return "never"
-    seconds = max(0.0, now - then)
     return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
 
 
+#: A member not heard for this long stands out even if its state still says online
+#: (status comes every 5 s, a router's hello every 15 s by default).
+STALE_AFTER_S = 60.0
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """One row of the fleet, as the table, ``/fleet.json`` and ``/metrics`` show it."""
+
+    role: str
+    name: str
+    mqtt: str
+    tunnel: str
+    paths_up: int | None
+    paths_known: int | None
+    settings_version: int | None
+    client_running: bool | None
+    rx_bytes_per_second: float | None
+    tx_bytes_per_second: float | None
+    last_seen: float | None
+    last_seen_ago_s: float | None
+    events: int
+    last_event: str
+
+    @property
+    def stale(self) -> bool:
+        return self.last_seen_ago_s is None or self.last_seen_ago_s > STALE_AFTER_S
+
+    @property
+    def attention(self) -> bool:
+        """Offline, silent for a while, or a path down: the row the page highlights."""
+        paths_down = (self.paths_up is not None and self.paths_known is not None
+                      and self.paths_up < self.paths_known)
+        return self.mqtt != topics.ONLINE or self.stale or paths_down
+
+    def cells(self) -> list[str]:
+        if self.role == "router":
+            paths = f"v{self.settings_version}"
+        elif self.paths_up is None and self.paths_known is None:
+            paths = "-"
+        else:
+            paths = f"{self.paths_up or 0}/{self.paths_known or 0}"
+        return [self.role, self.name, self.mqtt, self.tunnel, paths,
+                _rate(self.rx_bytes_per_second), _rate(self.tx_bytes_per_second),
+                _ago(self.last_seen_ago_s), self.last_event or "-"]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"role": self.role, "name": self.name, "mqtt": self.mqtt,
+                "tunnel": self.tunnel, "paths_up": self.paths_up,
+                "paths_known": self.paths_known, "settings_version": self.settings_version,
+                "client_running": self.client_running,
+                "rx_bytes_per_second": self.rx_bytes_per_second,
+                "tx_bytes_per_second": self.tx_bytes_per_second,
+                "last_seen": self.last_seen, "last_seen_ago_s": self.last_seen_ago_s,
+                "events": self.events, "last_event": self.last_event or None,
+                "stale": self.stale, "attention": self.attention}
+
+
+def _member_view(m: Member, now: float) -> MemberView:
+    totals = _dict(m.status.get("totals"))
+    rates = _dict(totals.get("rates"))
+    paths_up = paths_known = version = None
+    running: bool | None = None
+    tunnel = str(m.status.get("state", "-"))
+    if totals:
+        paths_up = _int(totals.get("paths_up")) or 0
+        paths_known = _int(totals.get("paths_known")) or 0
+    if m.role == "router":
+        running = bool(_dict(m.hello.get("client")).get("running"))
+        tunnel = "client running" if running else "no client"
+        version = _int(m.hello.get("settings_version"))
+        paths_up = paths_known = None
+    ago = None if m.last_seen is None else round(max(0.0, now - m.last_seen), 3)
+    return MemberView(m.role, m.name, m.state, tunnel, paths_up, paths_known, version, running,
+                      _float(rates.get("rx_10s")), _float(rates.get("tx_10s")), m.last_seen,
+                      ago, m.events, m.last_event)
+
+
+HEADER = ["ROLE", "NAME", "MQTT", "TUNNEL", "PATHS", "RX Mbit/s", "TX Mbit/s", "SEEN",
+          "LAST EVENT"]
+
+
 class FleetView:
-    """Every end seen on the status topics; fed from paho's thread, read from another."""
+    """Every end seen on the status topics; fed from paho's thread, read from others (the
+    ``--watch`` loop, the HTTP thread) through :meth:`snapshot`, a copy made under the lock,
+    so a slow reader never holds up paho."""
 
     def __init__(self) -> None:
         self.members: dict[tuple[str, str], Member] = {}
@@ -232,30 +319,21 @@ class FleetView:
                 member.last_event = " ".join(str(body.get(k)) for k in ("event", "path_id")
                                              if body.get(k) is not None)
 
-    def rows(self, now: float) -> list[list[str]]:
+    def snapshot(self, now: float) -> list[MemberView]:
+        """Every member, sorted by role and name (immutable rows, safe to use unlocked)."""
         with self._lock:
             members = sorted(self.members.values(), key=lambda m: (m.role, m.name))
-            out: list[list[str]] = []
-            for m in members:
-                totals = _dict(m.status.get("totals"))
-                rates = _dict(totals.get("rates"))
-                paths = (f"{totals.get('paths_up', 0)}/{totals.get('paths_known', 0)}"
-                         if totals else "-")
-                tunnel = str(m.status.get("state", "-"))
-                if m.role == "router":
-                    running = _dict(m.hello.get("client")).get("running")
-                    tunnel = "client running" if running else "no client"
-                    paths = f"v{m.hello.get('settings_version')}"
-                out.append([m.role, m.name, m.state, tunnel, paths,
-                            _rate(rates.get("rx_10s")), _rate(rates.get("tx_10s")),
-                            _ago(now, m.last_seen), m.last_event or "-"])
-            return out
+            return [_member_view(m, now) for m in members]
 
-    def render(self, now: float) -> str:
-        header = ["ROLE", "NAME", "MQTT", "TUNNEL", "PATHS", "RX Mbit/s", "TX Mbit/s",
-                  "SEEN", "LAST EVENT"]
-        rows = [header, *self.rows(now)]
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    def rows(self, now: float) -> list[list[str]]:
+        return [m.cells() for m in self.snapshot(now)]
+
+    def render(self, now: float, members: list[MemberView] | None = None) -> str:
+        """The terminal table (``--watch``, ``/fleet.txt``)."""
+        if members is None:
+            members = self.snapshot(now)
+        rows = [HEADER, *(m.cells() for m in members)]
+        widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
         return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
                          for r in rows)
 
@@ -265,8 +343,20 @@ class FleetView:
 
 def run_fleet(mqtt: MqttSettings, key: Ed25519PrivateKey, settings_dir: Path, *,
               watch: bool, validity: float, stopping: threading.Event,
-              refresh: float = 2.0) -> int:
+              refresh: float = 2.0, http: tuple[str, int] | None = None,
+              http_token: str | None = None) -> int:
+    from ratbond.mqtt.fleet_http import FleetHttpThread, FleetServer
+
     view = FleetView()
+    page: FleetHttpThread | None = None
+    if http is not None:
+        page = FleetHttpThread(FleetServer(view, token=http_token), *http)
+        try:
+            page.start()
+        except OSError as exc:
+            log.error("--http-listen-addr %s:%d: cannot listen: %s (choose another port, or "
+                      "--http-listen-addr=disable)", http[0], http[1], exc.strerror or exc)
+            return 1
     link = BrokerLink(mqtt, f"ratbond-fleet-{mqtt.name}-{os.getpid()}",
                       subscriptions=topics.FLEET_SUBSCRIPTIONS,
                       on_message=lambda t, p: view.update(t, p, time.time()))
@@ -285,4 +375,6 @@ def run_fleet(mqtt: MqttSettings, key: Ed25519PrivateKey, settings_dir: Path, *,
             stopping.wait(refresh)
     finally:
         link.stop()
+        if page is not None:
+            page.stop()
     return 0
