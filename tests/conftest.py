@@ -3,13 +3,27 @@
 Without root they are skipped on a developer's machine, but under CI (``CI`` set) the run
 fails instead: a CI that silently skipped every end-to-end test would look green while
 testing nothing of the tunnel.
+
+A run that is told to stop (SIGTERM, as a CI job's timeout or ``kill`` sends) stops like
+Ctrl-C: the running test is interrupted and every fixture's teardown runs, so the labs it
+made are removed instead of left behind (pytest-timeout does the same for a hung test).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+from types import FrameType
 
 import pytest
+
+
+def _stop_like_ctrl_c(signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}: stopping; tearing down what the tests made")
+
+
+def pytest_configure() -> None:
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
 
 
 def _under_ci() -> bool:

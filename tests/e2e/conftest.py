@@ -4,11 +4,13 @@ final check that the whole run left no namespace behind."""
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 from collections.abc import Iterator, Sequence
 
 import pytest
 
-from ratbond.lab.netns import NetnsError, delete_all, list_namespaces
+from ratbond.lab.netns import TAG_ENV, NetnsError, delete_all, list_namespaces
 from ratbond.lab.spec import LinkSpec
 from ratbond.lab.topology import Lab
 from tests.e2e.tunnel_util import LabFactory
@@ -37,10 +39,14 @@ def lab() -> Iterator[LabFactory]:
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind() -> Iterator[None]:
     """The suite's last check, as in WireGuard's netns.sh: every namespace an end-to-end test
-    created is gone when the run ends.  Leftovers are removed, then reported as an error."""
-    before = set(list_namespaces(""))
+    created is gone when the run ends.  Leftovers are removed, then reported as an error.
+
+    The run tags its namespaces (``RATBOND_NETNS_TAG``, inherited by every child it starts),
+    so a second test run or a lab on the same machine is neither reported nor removed."""
+    tag = os.environ.setdefault(TAG_ENV, "rt" + secrets.token_hex(2))
+    before = set(list_namespaces(tag))
     yield
-    left = sorted(set(list_namespaces("")) - before)
+    left = sorted(set(list_namespaces(tag)) - before)
     for name in left:
         with contextlib.suppress(NetnsError, OSError):
             delete_all(name)

@@ -1,7 +1,9 @@
 """Network namespaces the lab creates, runs commands in, and always removes.
 
 Every namespace name starts with a per-run prefix (``rb<pid><random>-``) so parallel runs
-never collide and cleanup can find exactly what this run made, even after a crash.
+never collide and cleanup can find exactly what this run made, even after a crash.  A test
+run sets ``RATBOND_NETNS_TAG`` (inherited by its children) in place of ``rb``, so its
+leftover check sees only the namespaces that run made, never a parallel run's.
 """
 
 from __future__ import annotations
@@ -21,8 +23,12 @@ class NetnsError(RuntimeError):
     """A namespace command failed; carries the command and its stderr."""
 
 
-def unique_prefix(tag: str = "rb") -> str:
+TAG_ENV = "RATBOND_NETNS_TAG"
+
+
+def unique_prefix(tag: str | None = None) -> str:
     """A short prefix unique to this run (namespace names are limited in practice)."""
+    tag = tag or os.environ.get(TAG_ENV) or "rb"
     return f"{tag}{os.getpid() % 100000}{secrets.token_hex(2)}-"
 
 
