@@ -82,7 +82,61 @@ class End:
         return [when for when, event in self.events if isinstance(event, kind)]
 
 
-class ConnPair:
+class _Simulation:
+    """The clock stepping both simulations share: move output into the links, stop when
+    ``done()``, else jump to the next delivery or timer and run what is due, in
+    :meth:`_ends` order."""
+
+    now: float
+
+    def _next_delivery(self) -> float | None:
+        """When the earliest datagram in flight arrives (None: nothing in flight)."""
+        raise NotImplementedError
+
+    def _ends(self) -> tuple[ClientConnection | ServerConnection, ...]:
+        raise NotImplementedError
+
+    def pump(self) -> None:
+        raise NotImplementedError
+
+    def _deliver_due(self) -> None:
+        raise NotImplementedError
+
+    def run_for(self, seconds: float) -> None:
+        self.run_until(lambda: False, self.now + seconds)
+
+    def run_until(self, done: Callable[[], bool], end: float) -> bool:
+        """Advance to ``end`` or until ``done()``; True if ``done()`` became true."""
+        steps_at_instant = 0
+        while True:
+            self.pump()
+            if done():
+                return True
+            if self.now >= end:
+                return False
+            due = end
+            arrival = self._next_delivery()
+            if arrival is not None:
+                due = min(due, arrival)
+            for conn in self._ends():
+                timer = conn.get_timer()
+                if timer is not None:
+                    due = min(due, timer)
+            if due > self.now:
+                self.now = due
+                steps_at_instant = 0
+            else:
+                steps_at_instant += 1
+                if steps_at_instant > _MAX_STEPS_PER_INSTANT:
+                    raise RuntimeError(f"simulation stuck at t={self.now}")
+            self._deliver_due()
+            for conn in self._ends():
+                timer = conn.get_timer()
+                if timer is not None and timer <= self.now:
+                    conn.handle_timer(self.now)
+
+
+class ConnPair(_Simulation):
     """``client`` and ``server`` connections, their links, and the clock ``now``."""
 
     def __init__(self, client_config: ConnectionConfig,
@@ -131,38 +185,11 @@ class ConnPair:
     def start(self) -> None:
         self.client.connect(self.now)
 
-    def run_for(self, seconds: float) -> None:
-        self.run_until(lambda: False, self.now + seconds)
+    def _ends(self) -> tuple[ClientConnection | ServerConnection, ...]:
+        return (self.client, self.server)  # the server object changes on a restart
 
-    def run_until(self, done: Callable[[], bool], end: float) -> bool:
-        """Advance to ``end`` or until ``done()``; True if ``done()`` became true."""
-        steps_at_instant = 0
-        while True:
-            self.pump()
-            if done():
-                return True
-            if self.now >= end:
-                return False
-            due = end
-            if self._in_flight:
-                due = min(due, self._in_flight[0][0])
-            for timer in (self.client.get_timer(), self.server.get_timer()):
-                if timer is not None:
-                    due = min(due, timer)
-            if due > self.now:
-                self.now = due
-                steps_at_instant = 0
-            else:
-                steps_at_instant += 1
-                if steps_at_instant > _MAX_STEPS_PER_INSTANT:
-                    raise RuntimeError(f"simulation stuck at t={self.now}")
-            self._deliver_due()
-            timer = self.client.get_timer()
-            if timer is not None and timer <= self.now:
-                self.client.handle_timer(self.now)
-            timer = self.server.get_timer()
-            if timer is not None and timer <= self.now:
-                self.server.handle_timer(self.now)
+    def _next_delivery(self) -> float | None:
+        return self._in_flight[0][0] if self._in_flight else None
 
     def pump(self) -> None:
         """Move both ends' output into the links; collect packets and events."""
@@ -214,7 +241,7 @@ class ConnPair:
                 self.client.receive_datagram(datagram, self.now)
 
 
-class FleetSim:
+class FleetSim(_Simulation):
     """Several client connections on one server (a clients file), under one fake clock.
 
     Each client's paths have their own public addresses (``198.51.<client>.<path>``), so the
@@ -249,37 +276,11 @@ class FleetSim:
         for client in self.clients.values():
             client.connect(self.now)
 
-    def run_until(self, done: Callable[[], bool], end: float) -> bool:
-        steps_at_instant = 0
-        while True:
-            self.pump()
-            if done():
-                return True
-            if self.now >= end:
-                return False
-            due = end
-            if self._in_flight:
-                due = min(due, self._in_flight[0][0])
-            ends: list[ClientConnection | ServerConnection] = [self.server,
-                                                               *self.clients.values()]
-            for conn in ends:
-                timer = conn.get_timer()
-                if timer is not None:
-                    due = min(due, timer)
-            if due > self.now:
-                self.now, steps_at_instant = due, 0
-            else:
-                steps_at_instant += 1
-                if steps_at_instant > _MAX_STEPS_PER_INSTANT:
-                    raise RuntimeError(f"simulation stuck at t={self.now}")
-            self._deliver_due()
-            for conn in ends:
-                timer = conn.get_timer()
-                if timer is not None and timer <= self.now:
-                    conn.handle_timer(self.now)
+    def _ends(self) -> tuple[ClientConnection | ServerConnection, ...]:
+        return (self.server, *self.clients.values())
 
-    def run_for(self, seconds: float) -> None:
-        self.run_until(lambda: False, self.now + seconds)
+    def _next_delivery(self) -> float | None:
+        return self._in_flight[0][0] if self._in_flight else None
 
     def pump(self) -> None:
         for name, client in self.clients.items():
