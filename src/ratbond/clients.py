@@ -17,19 +17,13 @@ from __future__ import annotations
 import difflib
 import hashlib
 import ipaddress
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ratbond.crypto import Secret, SecretError, load_secret
 from ratbond.crypto.secret import permission_warning
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+from ratbond.tomlfile import TomlFileError, read_toml
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -158,16 +152,9 @@ def load_clients(path: str, env: Mapping[str, str] | None = None) -> ClientsFile
     """Read and check ``path``; raises :class:`ClientsFileError` with the one line to fix."""
     del env  # a client's secret never comes from the environment: one variable, many clients
     try:
-        with Path(path).open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ClientsFileError(f"--clients: cannot read {path!r}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ClientsFileError(f"--clients: {path!r} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:  # tomllib decodes before it parses
-        raise ClientsFileError(f"--clients: {path!r} is not UTF-8 text (byte {exc.start} "
-                               f"is {exc.object[exc.start]:#04x}); TOML files are UTF-8"
-                               ) from None
+        data = read_toml(path, "--clients")
+    except TomlFileError as exc:
+        raise ClientsFileError(str(exc)) from None
     return parse_clients(data, path)
 
 

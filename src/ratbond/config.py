@@ -14,7 +14,6 @@ import fnmatch
 import ipaddress
 import math
 import re
-import sys
 import types
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -25,11 +24,7 @@ from ratbond.clients import ClientsFile, ClientsFileError, load_clients
 from ratbond.crypto import ENV_VAR, Secret, SecretError, load_secret
 from ratbond.crypto.secret import permission_warning
 from ratbond.mqtt.options import MQTT_KEYS, MqttSettings, mqtt_settings
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
+from ratbond.tomlfile import TomlFileError, read_toml
 
 Balance = Literal["adaptive", "consistent", "roundrobin", "redundant"]
 BALANCES: tuple[Balance, ...] = ("adaptive", "consistent", "roundrobin", "redundant")
@@ -255,15 +250,9 @@ def load_toml(path: str) -> Options:
     """Read a TOML config file.  Keys are the flag names, with ``-`` or ``_``; the balance
     flags (``balance-roundrobin = true``) are accepted as ``balance = "roundrobin"``."""
     try:
-        with Path(path).open("rb") as handle:
-            data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"--config: cannot read {path!r}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"--config: {path!r} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError as exc:  # tomllib decodes before it parses
-        raise ConfigError(f"--config: {path!r} is not UTF-8 text (byte {exc.start} is "
-                          f"{exc.object[exc.start]:#04x}); TOML files are UTF-8") from None
+        data = read_toml(path, "--config")
+    except TomlFileError as exc:
+        raise ConfigError(str(exc)) from None
     options = Options(file=path)
     written: dict[str, str] = {}  # canonical key -> the key as written in the file
     for raw, given in data.items():
