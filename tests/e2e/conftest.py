@@ -7,12 +7,15 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ratbond.lab.netns import TAG_ENV, NetnsError, delete_all, list_namespaces
 from ratbond.lab.spec import LinkSpec
 from ratbond.lab.topology import Lab
+from tests.e2e.browser import chrome
 from tests.e2e.tunnel_util import LabFactory
 
 
@@ -51,3 +54,13 @@ def nothing_left_behind() -> Iterator[None]:
         with contextlib.suppress(NetnsError, OSError):
             delete_all(name)
     assert not left, f"end-to-end tests left network namespaces behind: {left}"
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """A fresh headless Chromium (tests/e2e/browser.py) for one test, quit afterwards."""
+    driver = chrome(str(tmp_path / "profile"))
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -30,22 +29,10 @@ from typing import Any
 import pytest
 
 from ratbond.status import StatusServer
+from tests.e2e.browser import artifacts, browser_tools, chrome, wait_for
 
 TOKEN = "dashboard-test-token"
 PATHS = (("wan1", 30e6), ("wan2", 20e6), ("wan3", 10e6))  # name, bits/s received
-
-
-def _tools() -> tuple[str, str] | str:
-    """(chromium, chromedriver) paths, or why they are missing."""
-    browser = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
-    driver = shutil.which("chromedriver")
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
-        return "PyPI selenium is not installed"
-    if browser is None or driver is None:
-        return "Debian chromium / chromium-driver are not installed"
-    return browser, driver
 
 
 class ScriptedRuntime:
@@ -130,25 +117,6 @@ def dashboard(request: pytest.FixtureRequest) -> Iterator[tuple[str, ScriptedRun
         loop.close()
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    driver = _chrome(str(tmp_path / "profile"))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _wait(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def _cards(driver: Any) -> dict[str, dict[str, str]]:
     script = """return Array.from(document.querySelectorAll('article.card')).map(c => ({
         key: c.dataset.pathKey, state: c.dataset.state, cls: c.className,
@@ -162,48 +130,20 @@ def _chart(driver: Any) -> tuple[int, float]:
     return int(canvas.get_attribute("data-points")), float(canvas.get_attribute("data-last-total"))
 
 
-def _chrome(profile: str) -> Any:
-    """Headless Chromium with the flags CI needs and a fresh profile."""
-    tools = _tools()
-    if isinstance(tools, str):
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {tools}: install chromium chromium-driver, pip selenium")
-        pytest.skip(f"{tools} (CI would fail here)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    chromium, chromedriver = tools
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1280,1500",
-                 f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
-
-
-def _artifacts(tmp_path: Path) -> Path:
-    directory = Path(os.environ.get("RATBOND_ARTIFACT_DIR") or tmp_path / "artifacts")
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
-
-
 @pytest.mark.slow
 def test_dashboard_shows_paths_charts_and_a_path_going_down(
         dashboard: tuple[str, ScriptedRuntime], browser: Any, tmp_path: Path) -> None:
     url, runtime = dashboard
     browser.get(url)
     names = [f"{wan} #{i}" for i, (wan, _rate) in enumerate(PATHS, start=1)]
-    cards = _wait(lambda: (c := _cards(browser)) and len(c) == len(PATHS) and c, 15,
+    cards = wait_for(lambda: (c := _cards(browser)) and len(c) == len(PATHS) and c, 15,
                   "three path cards")
     assert sorted(cards) == names
     for card in cards.values():
         assert card["state"] == "up" and "up" in card["cls"].split(), card
     assert browser.find_element("id", "state").text.lower() == "up"
 
-    first = _wait(lambda: (p := _chart(browser))[0] >= 2 and p, 15, "two chart samples")
+    first = wait_for(lambda: (p := _chart(browser))[0] >= 2 and p, 15, "two chart samples")
     time.sleep(3.0)
     second = _chart(browser)
     assert second[0] >= first[0] + 2, (first, second)  # one sample per second
@@ -212,9 +152,9 @@ def test_dashboard_shows_paths_charts_and_a_path_going_down(
     received = _cards(browser)["wan1 #1"]["received"]
     assert received.endswith("Mbit/s") and abs(float(received.split()[0]) - 30.0) < 3.0
 
-    out = _artifacts(tmp_path)
+    out = artifacts(tmp_path)
     runtime.set_state("wan2", "down")
-    down = _wait(lambda: (c := _cards(browser)["wan2 #2"])["state"] == "down" and c, 10,
+    down = wait_for(lambda: (c := _cards(browser)["wan2 #2"])["state"] == "down" and c, 10,
                  "wan2's card to turn down")
     assert "down" in down["cls"].split() and "silent" in down["since"]
     assert browser.find_element("id", "state").text.lower() == "degraded"
@@ -242,14 +182,14 @@ def test_server_dashboard_has_one_block_per_session(
     script = """return Array.from(document.querySelectorAll('#sessions .session')).map(s => ({
         session: s.dataset.session, title: s.querySelector('h2').textContent,
         cards: Array.from(s.querySelectorAll('article.card')).map(c => c.dataset.pathKey)}));"""
-    blocks = _wait(lambda: (b := browser.execute_script(script)) and len(b) == 2 and
+    blocks = wait_for(lambda: (b := browser.execute_script(script)) and len(b) == 2 and
                    all(x["cards"] for x in b) and b, 15, "two session blocks with cards")
     assert [(b["session"], b["cards"]) for b in blocks] == [
         ("0000abcd", ["0000abcd/1", "0000abcd/2"]), ("00005555", ["00005555/3"])]
     assert "active" in blocks[0]["title"] and "client 203.0.113.1" in blocks[0]["title"]
     assert "client 198.51.100.7" in blocks[1]["title"]
-    _wait(lambda: _chart(browser)[0] >= 2, 15, "two chart samples")
-    assert browser.save_screenshot(str(_artifacts(tmp_path) / "dashboard-server.png"))
+    wait_for(lambda: _chart(browser)[0] >= 2, 15, "two chart samples")
+    assert browser.save_screenshot(str(artifacts(tmp_path) / "dashboard-server.png"))
     errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"]
     assert errors == [], errors
 
@@ -264,16 +204,16 @@ def drive(url: str, shot: str, profile: str, cut_wan: str) -> None:
     import json
     import sys
 
-    driver = _chrome(profile)
+    driver = chrome(profile)
     try:
         driver.get(url)
-        ready = _wait(lambda: (c := _cards(driver)) and all(v["state"] == "up" for v in
+        ready = wait_for(lambda: (c := _cards(driver)) and all(v["state"] == "up" for v in
                                                              c.values()) and
                       _chart(driver)[0] >= 3 and c, 30, "every card up, chart samples")
         print(json.dumps({"cards": ready, "chart": _chart(driver)}), flush=True)
         assert sys.stdin.readline().strip() == "cut"
         start = time.monotonic()
-        down = _wait(lambda: next((c for c in _cards(driver).values()
+        down = wait_for(lambda: next((c for c in _cards(driver).values()
                                    if c["name"].startswith(cut_wan + " ") and
                                    c["state"] == "down"), None), 15, f"{cut_wan} down")
         took = time.monotonic() - start
@@ -299,9 +239,9 @@ def test_lab_dashboard_shows_a_cut_link_of_a_real_tunnel(tmp_path: Path) -> None
     from ratbond.lab.spec import LinkSpec
     from ratbond.lab.topology import Lab
 
-    if isinstance(_tools(), str) and not os.environ.get("CI"):
-        pytest.skip(f"{_tools()} (CI would fail here)")
-    out = _artifacts(tmp_path)
+    if isinstance(browser_tools(), str) and not os.environ.get("CI"):
+        pytest.skip(f"{browser_tools()} (CI would fail here)")
+    out = artifacts(tmp_path)
     lab = Lab.up([LinkSpec.parse("20:20ms"), LinkSpec.parse("10:40ms")])
     tunnel = None
     try:

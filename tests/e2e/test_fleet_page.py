@@ -8,7 +8,7 @@
 
 Asserts one row per member with its cells, the offline and path-down rows marked, a change
 in the view reaching the page by polling, the phone layout (labelled cards), and no browser
-error (a CSP violation or a script error would log one).  Tools as for test_dashboard.py.
+error (a CSP violation or a script error would log one).  Browser set-up: tests/e2e/browser.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from ratbond.mqtt.fleet import FleetView
 from ratbond.mqtt.fleet_http import FleetHttpThread, FleetServer
-from tests.e2e.test_dashboard import _artifacts, _chrome, _wait
+from tests.e2e.browser import artifacts, wait_for
 
 TOKEN = "fleet-page-token"
 
@@ -52,15 +52,6 @@ def page() -> Iterator[tuple[str, FleetView]]:
         served.stop()
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    driver = _chrome(str(tmp_path / "profile"))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def _rows(driver: Any) -> dict[str, dict[str, Any]]:
     script = """return Array.from(document.querySelectorAll('#fleet tbody tr')).map(r => ({
         key: r.dataset.role + '/' + r.dataset.name, cls: r.className,
@@ -73,7 +64,7 @@ def test_the_fleet_page_shows_every_member_and_follows_changes(
         page: tuple[str, FleetView], browser: Any, tmp_path: Path) -> None:
     url, view = page
     browser.get(url)
-    rows = _wait(lambda: (r := _rows(browser)) and len(r) == 3 and r, 15, "three rows")
+    rows = wait_for(lambda: (r := _rows(browser)) and len(r) == 3 and r, 15, "three rows")
     assert rows["client/site1"]["cells"][:6] == ["client", "site1", "online", "up", "2/2",
                                                  "20.00"]
     assert rows["client/site1"]["cls"] == ""
@@ -85,10 +76,10 @@ def test_the_fleet_page_shows_every_member_and_follows_changes(
     assert counts.startswith("3 members") and "2 online" in counts
 
     view.update("ratbond/router/r1<img src=x>/state", b"online", time.time())
-    _wait(lambda: "offline" not in _rows(browser)["router/r1<img src=x>"]["cls"], 10,
+    wait_for(lambda: "offline" not in _rows(browser)["router/r1<img src=x>"]["cls"], 10,
           "the router's row to follow it online")
 
-    out = _artifacts(tmp_path)
+    out = artifacts(tmp_path)
     assert browser.save_screenshot(str(out / "fleet-desktop.png"))
     browser.set_window_size(390, 1200)
     head = browser.execute_script(
