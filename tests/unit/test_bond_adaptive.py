@@ -370,3 +370,21 @@ def test_what_was_hedged_is_not_sent_once_more_when_the_path_is_declared_dead(
     # Copies: only the few delivered just before the cut whose ACKs the cut swallowed.
     assert server.duplicates <= 5
     assert sorted(ident(p)[1] for p in net.server.packets) == list(range(len(sent)))
+
+
+def test_what_a_silent_path_holds_while_every_path_is_silent_still_goes_at_its_death(
+    engine: EngineName,
+) -> None:
+    # Both links go dark: nowhere to hedge to.  Link 1 comes back, link 2 stays dark
+    # until liveness gives up on it: what it held must go over link 1 then.
+    net = rated_pair(engine, {1: (2000.0, 0.02), 2: (2000.0, 0.03)}, balance="adaptive",
+                     hello_interval=0.5, dead_after=2.0)
+    sent = stream(net, net.client, 0.5)
+    net.blackhole(1)
+    net.blackhole(2)
+    sent += stream(net, net.client, 1.0, start=len(sent))
+    net.blackhole(1, on=False)
+    sent += stream(net, net.client, 3.0, start=len(sent))
+    net.run_for(2.0)
+    assert net.client.bond.snapshot().paths[2].state != "up"
+    assert sorted(ident(p)[1] for p in net.server.packets) == list(range(len(sent)))

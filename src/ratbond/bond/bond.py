@@ -700,10 +700,12 @@ class Bond:
         for message in stuck:
             other = self._adaptive.pick_any(exclude=path)
             if other is None or other.ack_stalled:
-                return  # every lane is silent: nowhere better to send it
+                return  # every lane is silent: it stays for the resend at path death
+            # A message KCP refuses here (too big) would be refused on every path alike.
             if other.send_data(message):
                 self._hedged += 1
                 self._dirty.add(other.path_id)
+        path.mark_hedged()
 
     def _bring_up(self, path: Path) -> None:
         path.enter(PathState.UP)

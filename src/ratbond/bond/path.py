@@ -563,18 +563,21 @@ class Path:
             return []
         self.ack_stalled = True
         start = max(self.hedged, head)
-        if start >= count:
-            return []
-        self.hedged = count
         return [m for m in self.sent[start:count] if m[0] in _DATA_KINDS]
+
+    def mark_hedged(self) -> None:
+        """What :meth:`stuck` returned went out on other paths: those now answer for it
+        (:meth:`unacknowledged` leaves it out)."""
+        self.hedged = len(self.sent)
 
     def hedge_deadline(self) -> float:
         """When :meth:`stuck` may next return something (inf: nothing to wait for)."""
         since = self.outstanding_since
         rtt = self.rc.srtt or self.rc.min_rtt
-        if since is None or self.head_moved or not rtt:
-            return math.inf  # the next KCP tick looks again (a path in flight has one)
-        if self.ack_stalled and self.hedged >= len(self.sent):
+        if since is None or self.head_moved or not rtt or self.ack_stalled:
+            # Nothing to wait for: the next KCP tick looks again (a path in flight has
+            # one); a stalled path takes no new DATA, and what it held was hedged or, if
+            # every path was silent, waits for its death's resend.
             return math.inf
         return self._stall_at(since, rtt)
 
