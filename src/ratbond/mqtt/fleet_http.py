@@ -25,15 +25,15 @@ from ratbond.mqtt import topics
 from ratbond.mqtt.fleet import FleetView, MemberView
 from ratbond.mqtt.fleet_metrics import metrics_text
 from ratbond.status.server import (
-    _JSON,
-    _MAX_REQUEST,
-    _TEXT,
+    JSON_TYPE,
+    MAX_REQUEST_BYTES,
+    TEXT_TYPE,
     InlinePage,
     Response,
     StatusServer,
-    _dumps,
-    _is_loopback,
-    _plain,
+    dump_json,
+    is_loopback,
+    plain_response,
 )
 
 log = logging.getLogger("ratbond.fleet")
@@ -66,9 +66,9 @@ class FleetServer(StatusServer):
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._handle, host, port,
-                                                  limit=_MAX_REQUEST)
+                                                  limit=MAX_REQUEST_BYTES)
         log.info("fleet page on http://%s:%d/", host, self.port or port)
-        if self._token is None and not _is_loopback(host):
+        if self._token is None and not is_loopback(host):
             log.warning("fleet page on %s without --http-token-file: anyone who reaches it "
                         "sees every router's name, state and throughput", host)
 
@@ -77,9 +77,9 @@ class FleetServer(StatusServer):
             parts = urlsplit(target)
             query = parse_qs(parts.query, max_num_fields=16)
         except ValueError:
-            return _plain(400, "bad request\n")
+            return plain_response(400, "bad request\n")
         if not self.authorized(query, headers or {}):
-            return _plain(401, "a token is required: Authorization: Bearer T or ?token=T\n",
+            return plain_response(401, "a token is required: Authorization: Bearer T or ?token=T\n",
                           {"WWW-Authenticate": 'Bearer realm="ratbond"'})
         route = parts.path
         if route == "/":
@@ -87,16 +87,16 @@ class FleetServer(StatusServer):
                             self._page.render(query.get("token", [None])[0]),
                             {"Content-Security-Policy": self._page.csp})
         if route not in ("/fleet.json", "/fleet.txt", "/metrics"):
-            return _plain(404, "not found\n")
+            return plain_response(404, "not found\n")
         now = self._wall()
         members = self._view.snapshot(now)
         if route == "/fleet.json":
-            return Response(200, _JSON, _dumps(fleet_document(members, now,
+            return Response(200, JSON_TYPE, dump_json(fleet_document(members, now,
                                                               self._view.ignored)))
         if route == "/metrics":
             return Response(200, CONTENT_TYPE_LATEST, metrics_text(members,
                                                                    self._view.ignored))
-        return Response(200, _TEXT, (self._view.render(now, members) + "\n").encode())
+        return Response(200, TEXT_TYPE, (self._view.render(now, members) + "\n").encode())
 
 
 class FleetHttpThread:

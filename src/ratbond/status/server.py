@@ -40,14 +40,14 @@ SnapshotFn = Callable[[], Snapshot]
 
 log = logging.getLogger("ratbond.status")
 
-_MAX_REQUEST = 8192
+MAX_REQUEST_BYTES = 8192
 _REQUEST_TIMEOUT_S = 5.0
 _REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
             405: "Method Not Allowed", 503: "Service Unavailable"}
 _COMMON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                    "Referrer-Policy": "no-referrer"}
-_TEXT = "text/plain; charset=utf-8"
-_JSON = "application/json"
+TEXT_TYPE = "text/plain; charset=utf-8"
+JSON_TYPE = "application/json"
 
 
 class TokenError(ValueError):
@@ -73,8 +73,8 @@ class Response:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def _plain(status: int, text: str, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(status, _TEXT, text.encode(), headers or {})
+def plain_response(status: int, text: str, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(status, TEXT_TYPE, text.encode(), headers or {})
 
 
 def _csp_hash(text: str) -> str:
@@ -135,10 +135,10 @@ class StatusServer:
 
     async def start(self, host: str, port: int) -> None:
         self._server = await asyncio.start_server(self._handle, host, port,
-                                                  limit=_MAX_REQUEST)
+                                                  limit=MAX_REQUEST_BYTES)
         self._task = asyncio.get_running_loop().create_task(self._sample_forever())
         log.info("status page on http://%s:%d/", host, self.port or port)
-        if self._token is None and not _is_loopback(host):
+        if self._token is None and not is_loopback(host):
             log.warning("status page on %s without --http-token-file: anyone who reaches it "
                         "sees the tunnel's paths and counters", host)
 
@@ -224,9 +224,9 @@ class StatusServer:
             parts = urlsplit(target)
             query = parse_qs(parts.query, max_num_fields=16)
         except ValueError:  # too many fields, a bad IPv6 literal: the client's fault
-            return _plain(400, "bad request\n")
+            return plain_response(400, "bad request\n")
         if not self.authorized(query, headers or {}):
-            return _plain(401, "a token is required: Authorization: Bearer T or ?token=T\n",
+            return plain_response(401, "a token is required: Authorization: Bearer T or ?token=T\n",
                           {"WWW-Authenticate": 'Bearer realm="ratbond"'})
         route = parts.path
         if route == "/":
@@ -234,23 +234,23 @@ class StatusServer:
             return Response(200, "text/html; charset=utf-8", self._dashboard.render(token),
                             {"Content-Security-Policy": self._dashboard.csp})
         if route == "/status.schema.json":
-            return Response(200, _JSON, _dumps(json_schema()))
+            return Response(200, JSON_TYPE, dump_json(json_schema()))
         if route == "/history.json":
             after = _float_or_none(query.get("since", [""])[0])
-            return Response(200, _JSON, _dumps(self.sampler.history(after)))
+            return Response(200, JSON_TYPE, dump_json(self.sampler.history(after)))
         if route not in ("/status", "/status.txt", "/status.json", "/metrics"):
-            return _plain(404, "not found\n")
+            return plain_response(404, "not found\n")
         snap = self._snapshot()
         if snap is None:
-            return _plain(503, "status snapshot unavailable\n")
+            return plain_response(503, "status snapshot unavailable\n")
         model = self._model_of(snap)
         if route == "/status.json":
-            return Response(200, _JSON, _dumps(to_dict(model)))
+            return Response(200, JSON_TYPE, dump_json(to_dict(model)))
         if route == "/metrics":
             registry = CollectorRegistry(auto_describe=False)  # over this very model
             registry.register(ModelCollector(lambda: model))
             return Response(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-        return Response(200, _TEXT, render_text(model).encode())
+        return Response(200, TEXT_TYPE, render_text(model).encode())
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -278,10 +278,10 @@ class StatusServer:
         lines = request.decode("latin-1").split("\r\n")
         parts = lines[0].split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            return "", _plain(400, "bad request\n")
+            return "", plain_response(400, "bad request\n")
         method, target = parts[0], parts[1]
         if method not in ("GET", "HEAD"):
-            return method, _plain(405, "only GET and HEAD\n", {"Allow": "GET, HEAD"})
+            return method, plain_response(405, "only GET and HEAD\n", {"Allow": "GET, HEAD"})
         headers = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
@@ -290,7 +290,7 @@ class StatusServer:
         return method, self.render(target, headers)
 
 
-def _dumps(data: Any) -> bytes:
+def dump_json(data: Any) -> bytes:
     return json.dumps(data, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -302,7 +302,7 @@ def _float_or_none(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
