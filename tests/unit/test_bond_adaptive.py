@@ -122,6 +122,69 @@ def test_adaptive_byte_shares_follow_the_links_capacities(engine: EngineName) ->
     assert len(net.server.packets) - delivered_before >= 0.9 * 6000 * 3.0
 
 
+def paced(net: SimNet, side: Side, seconds: float, pps: float) -> dict[int, float]:
+    """Offer ``pps`` bulk packets per second, evenly, for ``seconds``; when each sent
+    packet (by number) reached the other side, for those that did within 1 s more."""
+    step = 0.005
+    per_step = round(pps * step)
+    assert per_step == pps * step, "pps must fill whole 5 ms steps"
+    other = net.server if side is net.client else net.client
+    sent_at: dict[int, float] = {}
+    arrived: dict[int, float] = {}
+    seen = len(other.packets)
+    number = 0
+    end = net.now + seconds
+    while net.now < end + 1.0:
+        if net.now < end:
+            for _ in range(per_step):
+                if side.bond.send_packet(udp(0, number, size=PACKET), net.now):
+                    sent_at[number] = net.now
+                number += 1
+        net.run_for(step)
+        for packet in other.packets[seen:]:
+            arrived[ident(packet)[1]] = net.now - sent_at[ident(packet)[1]]
+        seen = len(other.packets)
+    assert len(sent_at) == number, "the bond refused packets offered below its capacity"
+    assert number >= round(seconds * pps)
+    return arrived
+
+
+def test_a_short_slow_link_is_measured_and_not_overloaded(engine: EngineName) -> None:
+    # A 40 ms path on a link carrying 500 packets/s behind a deep (1 s, lossless) buffer,
+    # next to an 80 ms one carrying 2000/s, fed 800/s: more than the short link carries,
+    # well below the sum, and never enough to make packets wait beyond the window.  The
+    # initial window per RTT says the short one carries 1450/s; believing it (the old
+    # estimator, which trusted lower samples only when packets waited) keeps a 100 ms
+    # queue in its buffer and puts every packet 125 ms late.  Measured, the short link
+    # takes its 500/s and the rest goes to the long one on time.
+    links = {1: (500.0, 0.02), 2: (2000.0, 0.04)}
+    net = rated_pair(engine, links, buffer=1.0, balance="adaptive")
+    arrived = paced(net, net.client, 4.0, 800.0)
+    assert len(net.server.packets) == len(arrived)  # each packet once
+    assert len(arrived) >= round(4.0 * 800.0)  # and every one of them
+    short = net.client.bond.snapshot(now=net.now).paths[1]
+    assert short.rate_pps == pytest.approx(500.0, rel=0.25)
+    assert short.retransmits == 0  # nothing was lost to tell the old estimator
+    delays = sorted(arrived[n] for n in arrived if n >= 800)  # after the first second
+    p95 = delays[int(0.95 * len(delays))]
+    assert p95 < 0.04 + 0.03, f"p95 one-way {p95 * 1000:.0f} ms"
+
+
+def test_the_receivers_hold_covers_a_repair_on_the_slowest_path(engine: EngineName) -> None:
+    # A download over a 20 ms and a 100 ms path: the client only sends ACKs, so its own
+    # figures show no loss whatever the server's direction loses.  A gap it sees is a
+    # segment KCP is repairing far more often than a dead path: the hold must cover one
+    # retransmission on the slowest path (its minimum RTT) on top of the delay spread,
+    # or the repaired packets come after the gap was given up and TCP, seeing them out
+    # of order, retransmits what was never lost.
+    net = rated_pair(engine, {1: (2000.0, 0.01), 2: (2000.0, 0.05)}, balance="adaptive")
+    stream(net, net.server, 1.0, pps=500.0)
+    receiver = net.client.bond
+    spread = (0.1 - 0.02) / 2
+    assert receiver.reorder_hold() >= spread + 0.1
+    assert receiver.snapshot().reorder.timeout_s >= spread + 0.1
+
+
 def test_small_packets_take_the_lowest_rtt_path_and_are_not_held(engine: EngineName) -> None:
     links = {1: (2000.0, 0.040), 2: (2000.0, 0.005)}
     net = rated_pair(engine, links, balance="adaptive")

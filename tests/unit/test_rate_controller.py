@@ -30,12 +30,18 @@ class Feed:
         self.delivered = 0
         self.sent = 0
 
-    def round(self, rate: float, *, queued: int, retransmits: int = 0) -> None:
+    def round(self, rate: float, *, queued: int, retransmits: int = 0, inflight: int = 0,
+              offered: float | None = None) -> None:
+        """One round delivering ``rate``; the path sent ``offered`` (default: its pacing
+        rate while segments wait beyond the window, else what was delivered)."""
         assert STEP >= MIN_ROUND
+        if offered is None:
+            offered = max(rate, self.rc.pace_rate) if queued else rate
         self.now += STEP
         self.delivered += round(rate * STEP)
-        self.sent += round(rate * STEP)
-        assert self.rc.sample(self.now, self.delivered, queued, self.sent, retransmits)
+        self.sent += round(offered * STEP)
+        assert self.rc.sample(self.now, self.delivered, queued, self.sent, retransmits,
+                              inflight=inflight)
 
 
 def phase(feed: Feed) -> RatePhase:
@@ -77,6 +83,20 @@ def test_startup_doubles_until_the_pipe_is_full_then_drains_and_probes() -> None
     assert sorted(set(round(g, 2) for g in gains)) == [0.75, 1.0, 1.25]
 
 
+def test_startup_does_not_end_while_the_flows_offer_less_than_it_would_send() -> None:
+    # The scheduler keeps a few segments waiting (loaded), but the flows offer only what
+    # the estimate already says: those rounds cannot show whether the link has more, so
+    # startup holds until a round that sent 1.25x the estimate delivers no more.
+    feed = controller()
+    feed.round(2000.0, queued=5, offered=2000.0)
+    estimate = feed.rc.rate
+    for _ in range(10):
+        feed.round(estimate, queued=5, offered=estimate)
+    assert phase(feed) is RatePhase.STARTUP
+    feed.round(estimate, queued=5, offered=STARTUP_GAIN * estimate)  # pushed, no more
+    assert phase(feed) is RatePhase.DRAIN
+
+
 def test_startup_ends_on_loss() -> None:
     feed = controller()
     feed.round(2000.0, queued=100)
@@ -96,6 +116,32 @@ def test_app_limited_samples_never_lower_the_estimate() -> None:
         feed.round(100.0, queued=0)  # light use for 10 s: nothing waited
     assert feed.rc.rate == pytest.approx(8000.0)
     assert feed.rc.window >= 1.5 * 8000.0 * RTT - 1
+
+
+def test_in_flight_below_one_pipe_is_app_limited_too() -> None:
+    feed = controller()
+    for _ in range(5):
+        feed.round(8000.0, queued=50)
+    pipe = 8000.0 * RTT
+    for _ in range(3 * RATE_FILTER_ROUNDS):
+        feed.round(2000.0, queued=0, inflight=int(pipe) - 1)  # offered less than a pipe
+    assert feed.rc.rate == pytest.approx(8000.0)
+
+
+def test_a_slow_link_fed_below_its_window_is_measured_not_assumed() -> None:
+    # A 40 ms path on a link carrying 800 segments/s: the initial-window floor says
+    # 1280/s.  The flow never fills the window (nothing waits beyond it), but it keeps
+    # more than that pipe in flight, a queue in the network doubling the RTT: the link,
+    # not the sender, limits delivery, so the estimate must come down to it.
+    feed = controller()
+    feed.round(20.0, queued=0)  # HELLOs only
+    assert feed.rc.rate == pytest.approx(INITIAL_WINDOW / RTT)
+    link = 800.0
+    in_flight = round(link * 2 * RTT)  # 80 segments > the 64 the floor's pipe holds
+    feed.round(link, queued=0, inflight=in_flight)  # the round's start is not known yet
+    feed.round(link, queued=0, inflight=in_flight)
+    assert feed.rc.rate == pytest.approx(link, rel=0.02)
+    assert feed.rc.loaded_once
 
 
 def test_a_link_that_really_slowed_is_followed_once_the_old_samples_age_out() -> None:

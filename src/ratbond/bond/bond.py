@@ -84,9 +84,6 @@ REORDER_TIMEOUT_INITIAL: Final = 0.2
 REORDER_SLACK: Final = 0.015
 #: Jitter (srtt above the minimum RTT) counts this many times in the hold.
 REORDER_JITTER_GAIN: Final = 2.0
-#: A path losing more than this fraction makes the hold cover one fast retransmission
-#: (about one minimum RTT of the slowest live path).
-REORDER_LOSS_THRESHOLD: Final = 0.001
 
 #: Consistent hashing re-places flows only when a path's capacity weight changed by
 #: more than this factor since it was applied (so flows do not move every tick).
@@ -544,10 +541,16 @@ class Bond:
 
         The one-way delay spread of the live paths (half the difference of their
         minimum RTTs) plus their jitter (srtt above the minimum), a slack for KCP ticks
-        and pacing, and -- only while a path loses packets -- one fast retransmission
-        (the slowest minimum RTT); not a whole RTO of the slowest path.  At least the
-        longest wait for a gap recently observed (with a margin): the sender's queues
-        shift arrivals by more than the RTTs show.
+        and pacing, and one fast retransmission (the slowest minimum RTT); not a whole
+        RTO of the slowest path.  At least the longest wait for a gap recently observed
+        (with a margin): the sender's queues shift arrivals by more than the RTTs show.
+
+        The retransmission is always counted: KCP repairs every loss, so a gap is far
+        more often a repair under way than a dead path (whose DATA is sent again anyway),
+        and this end cannot tell from its own counters whether the *peer's* direction
+        loses -- a download's receiver sends only ACKs, which its loss figure describes.
+        Giving a gap up while its repair is under way hands the flow a reordering that
+        TCP takes for loss.
         """
         paths = self._paths
         live = [paths[pid].rc for pid in self._live]
@@ -556,9 +559,7 @@ class Bond:
             return max(self._reorder.timeout, REORDER_TIMEOUT_INITIAL)
         spread = (max(rtts) - min(rtts)) / 2.0
         jitter = max(max(rc.srtt - rc.min_rtt, 0.0) for rc in live)
-        hold = spread + REORDER_JITTER_GAIN * jitter + REORDER_SLACK
-        if max(rc.loss for rc in live) > REORDER_LOSS_THRESHOLD:
-            hold += max(rtts)
+        hold = spread + REORDER_JITTER_GAIN * jitter + REORDER_SLACK + max(rtts)
         hold = max(hold, OBSERVED_MARGIN * self._reorder.observed_wait)
         return min(max(hold, REORDER_TIMEOUT_MIN), REORDER_TIMEOUT_MAX)
 

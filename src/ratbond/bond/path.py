@@ -658,7 +658,8 @@ class Path:
         waiting = kcp.waitsnd()
         delivered = self.segments - waiting
         queued = waiting - kcp.inflight
-        if rc.sample(now, delivered, queued, self.segments, kcp.retransmits) or moved:
+        if rc.sample(now, delivered, queued, self.segments, kcp.retransmits,
+                     inflight=kcp.inflight) or moved:
             self._sync_bounds()
 
     def _set_rto_floor(self, kcp: kcp_engines.KCPEngine) -> None:

@@ -10,9 +10,15 @@ The estimate follows BBR's ideas, in KCP segments per second:
   path was first seen busy) over the last :data:`RATE_FILTER_ROUNDS` accepted
   samples; a sample is one round (about one minimum RTT, at least :data:`MIN_ROUND`) of
   segments acknowledged per second.  A sample lower than the estimate counts only when
-  the path was *not app-limited* (segments waited beyond the window at both ends of the
-  round), so a lull, an idle period or light use never shrinks the estimate: no "low use
-  -> low estimate -> less use" loop.  Rejected samples do not age the filter either.
+  the path was *not app-limited* at both ends of the round: segments waited beyond the
+  window, or at least one estimated pipe (estimate x minimum RTT) was in flight, or a
+  queue stood in the network (KCP's RTT well above the minimum, see
+  :data:`QUEUE_RTT_GROWTH`) -- the sender offered the link at least what it carries, so
+  delivering less is the link's doing.  Without the last two, a short-RTT slow link
+  fed just below its window keeps the initial-window estimate (15 Mbit/s on a 10 Mbit/s
+  link at 40 ms) and the scheduler overloads it.  A lull, an idle period or light use
+  never shrinks the estimate: no "low use -> low estimate -> less use" loop.  Rejected
+  samples do not age the filter either.
 * **startup**: a fresh path paces at :data:`STARTUP_GAIN` times its estimate, which
   therefore doubles every round until the delivery rate stops growing by
   :data:`STARTUP_GROWTH` for :data:`STARTUP_FULL_ROUNDS` loaded rounds (the pipe is full)
@@ -56,6 +62,11 @@ STARTUP_LOSS: Final = 0.02
 #: (a queue is building at the bottleneck: the pipe is full before loss says so).
 STARTUP_RTT_GROWTH: Final = 1.5
 STARTUP_RTT_SLACK: Final = 0.01
+#: A round counts as not app-limited when a queue stood in the network at both of its
+#: ends: segments in flight and KCP's smoothed RTT above the minimum by this factor plus
+#: QUEUE_RTT_SLACK (the link, busy for the whole round, delivered what it carries).
+QUEUE_RTT_GROWTH: Final = 1.25
+QUEUE_RTT_SLACK: Final = 0.005
 #: Pacing gain of the round after startup: drains the queue startup built.
 DRAIN_GAIN: Final = 0.75
 #: Pacing gains of the steady state, one per round (probe up, drain, cruise).
@@ -127,9 +138,12 @@ class RateController:
         "_queue_delay",
         "_round_at",
         "_round_delivered",
+        "_round_inflight",
         "_round_queued",
         "_round_retransmits",
         "_round_sent",
+        "_round_standing",
+        "_rtt_now",
         "_samples",
         "_slot",
         "adaptive",
@@ -182,9 +196,12 @@ class RateController:
         self._round_at = now
         self.next_sample_at = now + MIN_ROUND
         self._round_delivered = 0
+        self._round_inflight = 0
         self._round_queued = 0
         self._round_sent = 0
         self._round_retransmits = 0
+        self._round_standing = False
+        self._rtt_now = 0.0  # KCP's smoothed RTT as last reported (seconds)
         self.seconds_per_segment = 0.0
         self.half_rtt = 0.0
         self.pace_rate = 0.0
@@ -201,6 +218,7 @@ class RateController:
         if srtt_ms <= 0:
             return False
         rtt = srtt_ms / 1000.0
+        self._rtt_now = rtt
         self.srtt = rtt if not self.srtt else self.srtt + SMOOTHING * (rtt - self.srtt)
         if self.min_rtt and rtt >= self.min_rtt and now - self._min_rtt_at < MIN_RTT_WINDOW:
             return False
@@ -217,12 +235,14 @@ class RateController:
         """Seconds per delivery-rate sample."""
         return max(MIN_ROUND, self.min_rtt)
 
-    def sample(self, now: float, delivered: int, queued: int, sent: int, retransmits: int) -> bool:
+    def sample(self, now: float, delivered: int, queued: int, sent: int, retransmits: int,
+               *, inflight: int = 0) -> bool:
         """End a round when one is due; True when the bounds changed.
 
         ``delivered``: segments acknowledged since the session began; ``queued``: segments
         waiting beyond the in-flight window now; ``sent`` and ``retransmits``: counters of
-        segments handed to KCP and sent again, since the session began.
+        segments handed to KCP and sent again, since the session began; ``inflight``:
+        segments sent and not acknowledged now.
         """
         elapsed = now - self._round_at
         round_length = self.round_length()
@@ -231,13 +251,19 @@ class RateController:
         if elapsed > IDLE_ROUNDS * round_length:
             # The path was idle (no samples): start a fresh round instead of averaging
             # the idle time into one.
-            self._start_round(now, delivered, queued, sent, retransmits)
+            self._start_round(now, delivered, queued, sent, retransmits, inflight=inflight)
+            self._round_standing = self._standing_queue(inflight)
             return False
         rate = (delivered - self._round_delivered) / elapsed
-        loaded = min(queued, self._round_queued) > 0
+        pipe = self.rate * self.min_rtt
+        standing = self._standing_queue(inflight)
+        loaded = (min(queued, self._round_queued) > 0
+                  or (pipe > 0.0 and min(inflight, self._round_inflight) >= pipe)
+                  or (standing and self._round_standing))
         sent_now = sent - self._round_sent
         resent = retransmits - self._round_retransmits
-        self._start_round(now, delivered, queued, sent, retransmits)
+        self._start_round(now, delivered, queued, sent, retransmits, inflight=inflight)
+        self._round_standing = standing
         lost = resent / sent_now if sent_now > 0 else 0.0
         if sent_now > 0:
             self.loss += SMOOTHING * (min(1.0, lost) - self.loss)
@@ -248,19 +274,31 @@ class RateController:
         before = self.rate
         if rate > 0.0 and (rate > self.rate or loaded):
             self._accept(rate)
-        self._advance_phase(loaded, lost, rate / before if before > 0.0 else 1.0)
+        # Did the path offer the link more than the estimate?  Only then does a round that
+        # delivered no more show the pipe full; else the flows were the limit, not the link.
+        pushed = before <= 0.0 or sent_now / elapsed >= STARTUP_GROWTH * before
+        self._advance_phase(loaded, loaded and pushed, lost,
+                            rate / before if before > 0.0 else 1.0)
         self._update_bounds()
         return True
 
     def _start_round(
-        self, now: float, delivered: int, queued: int, sent: int, retransmits: int
+        self, now: float, delivered: int, queued: int, sent: int, retransmits: int,
+        *, inflight: int,
     ) -> None:
         self._round_at = now
         self.next_sample_at = now + self.round_length()
         self._round_delivered = delivered
+        self._round_inflight = inflight
         self._round_queued = queued
         self._round_sent = sent
         self._round_retransmits = retransmits
+
+    def _standing_queue(self, inflight: int) -> bool:
+        """A queue of ours stands in the network now (see :data:`QUEUE_RTT_GROWTH`)."""
+        min_rtt = self.min_rtt
+        return (inflight > 0 and min_rtt > 0.0
+                and self._rtt_now > min_rtt * QUEUE_RTT_GROWTH + QUEUE_RTT_SLACK)
 
     def set_cap(self, cap: float | None) -> None:
         """A new rate hint: bound the estimate and the pacing by ``cap`` (None: no bound)."""
@@ -285,7 +323,8 @@ class RateController:
                 best = min(best, self._cap)
         self.rate = best
 
-    def _advance_phase(self, loaded: bool, lost: float, growth: float) -> None:
+    def _advance_phase(self, loaded: bool, pushed: bool, lost: float, growth: float) -> None:
+        """``pushed``: the round was loaded and sent 1.25x the estimate or more."""
         phase = self.phase
         if phase is RatePhase.STARTUP:
             queueing = self.srtt > self.min_rtt * STARTUP_RTT_GROWTH + STARTUP_RTT_SLACK
@@ -294,7 +333,7 @@ class RateController:
             elif self.rate >= self._grown_from * STARTUP_GROWTH:
                 self._grown_from = self.rate
                 self._full_rounds = 0
-            elif loaded:
+            elif pushed:
                 self._full_rounds += 1
                 if self._full_rounds >= STARTUP_FULL_ROUNDS:
                     self.phase = RatePhase.DRAIN

@@ -147,6 +147,8 @@ class PathStatus:
     inflight: int | None = None
     waitsnd: int | None = None
     queue_limit: int | None = None
+    window: int | None = None  # segments the rate controller lets be in flight
+    rate_phase: str | None = None  # startup, drain or probe (see ratbond.bond.rate)
     last_heard_ago_s: float | None = None
     rates: Rates = field(default_factory=Rates)
 
@@ -314,10 +316,10 @@ def rates_from(value: object) -> Rates:
 
 
 _PATH_INTS = ("tx_packets", "rx_packets", "tx_bytes", "rx_bytes", "retransmits", "restarts",
-              "tx_errors", "inflight", "waitsnd", "queue_limit")
+              "tx_errors", "inflight", "waitsnd", "queue_limit", "window")
 _PATH_FLOATS = ("since_s", "min_rtt_ms", "hello_rtt_ms", "loss", "capacity_bps",
                 "tx_rate_bps", "rx_rate_bps", "last_heard_ago_s")
-_PATH_TEXTS = ("wan", "down_reason", "local", "remote")
+_PATH_TEXTS = ("wan", "down_reason", "local", "remote", "rate_phase")
 
 
 def path_from(raw: Mapping[str, Any], rates: Rates | None = None,
