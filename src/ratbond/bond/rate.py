@@ -21,7 +21,9 @@ The estimate follows BBR's ideas, in KCP segments per second:
   samples do not age the filter either.
 * **startup**: a fresh path paces at :data:`STARTUP_GAIN` times its estimate, which
   therefore doubles every round until the delivery rate stops growing by
-  :data:`STARTUP_GROWTH` for :data:`STARTUP_FULL_ROUNDS` loaded rounds (the pipe is full)
+  :data:`STARTUP_GROWTH` for :data:`STARTUP_FULL_ROUNDS` loaded rounds that sent
+  :data:`STARTUP_GROWTH` times the estimate or more (the pipe is full; a round the flows
+  did not fill shows nothing)
   or the round lost more than :data:`STARTUP_LOSS` of what it sent, or the RTT shows a
   queue building (:data:`STARTUP_RTT_GROWTH`); one draining round
   at :data:`DRAIN_GAIN` follows.
@@ -251,8 +253,8 @@ class RateController:
         if elapsed > IDLE_ROUNDS * round_length:
             # The path was idle (no samples): start a fresh round instead of averaging
             # the idle time into one.
-            self._start_round(now, delivered, queued, sent, retransmits, inflight=inflight)
-            self._round_standing = self._standing_queue(inflight)
+            self._start_round(now, delivered, queued, sent, retransmits, inflight=inflight,
+                              standing=self._standing_queue(inflight))
             return False
         rate = (delivered - self._round_delivered) / elapsed
         pipe = self.rate * self.min_rtt
@@ -262,8 +264,8 @@ class RateController:
                   or (standing and self._round_standing))
         sent_now = sent - self._round_sent
         resent = retransmits - self._round_retransmits
-        self._start_round(now, delivered, queued, sent, retransmits, inflight=inflight)
-        self._round_standing = standing
+        self._start_round(now, delivered, queued, sent, retransmits, inflight=inflight,
+                          standing=standing)
         lost = resent / sent_now if sent_now > 0 else 0.0
         if sent_now > 0:
             self.loss += SMOOTHING * (min(1.0, lost) - self.loss)
@@ -284,12 +286,15 @@ class RateController:
 
     def _start_round(
         self, now: float, delivered: int, queued: int, sent: int, retransmits: int,
-        *, inflight: int,
+        *, inflight: int, standing: bool,
     ) -> None:
+        """A round begins with these counters; ``standing``: a queue of ours stands in the
+        network now."""
         self._round_at = now
         self.next_sample_at = now + self.round_length()
         self._round_delivered = delivered
         self._round_inflight = inflight
+        self._round_standing = standing
         self._round_queued = queued
         self._round_sent = sent
         self._round_retransmits = retransmits
